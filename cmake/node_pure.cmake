@@ -1,0 +1,4 @@
+# Pure request/response processing of the relay: no I/O, unit-tested without a loop.
+list(APPEND CORE_SOURCES node/wipe.c node/sse.c node/reqjson.c)
+llmrelay_unit_test(test_sse node/tests/test_sse.c node/sse.c node/wipe.c)
+llmrelay_unit_test(test_reqjson node/tests/test_reqjson.c node/reqjson.c node/wipe.c)

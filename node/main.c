@@ -1,0 +1,183 @@
+/* main.c — the llmrelay daemon: settings, then the main loop that owns the shared-config
+ * machinery (etcd client, config store, admin API, signals) while worker threads serve
+ * clients (server.c).
+ *
+ * Config flows one way: the config store calls back on every change (or with the local
+ * snapshot file at start, so the node serves while etcd is down), main compiles an
+ * immutable snapshot and hands it to every worker by message.
+ *
+ * SIGTERM/SIGINT drain in the contract's order: readiness false, stop accepting, GOAWAY,
+ * finish in-flight requests (bounded by --shutdown-timeout), exit 0. SIGHUP reloads the
+ * TLS certificate. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "cluster/config_store.h"
+#include "cluster/curl_uv.h"
+#include "cluster/etcd.h"
+#include "node/admin.h"
+#include "node/config.h"
+#include "node/log.h"
+#include "node/server.h"
+#include "node/snapshot.h"
+
+typedef struct node {
+    llmrelay_config_t cfg;
+    uv_loop_t *loop;
+    server_t server;
+    curl_uv_t *curl;
+    etcd_client_t *etcd;
+    config_store_t *store;
+    admin_t *admin;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t shutdown_timer;
+    bool draining;
+    int exit_code;
+    char *snapshot_path;
+} node_t;
+
+static void on_config(config_store_t *store, const Llmrelay__Snapshot *snap, void *data)
+{
+    node_t *n = data;
+    (void)store;
+    snapshot_t *s = snapshot_build(snap);
+    if (s == NULL) {
+        log_error("cannot build the config snapshot (out of memory); keeping the previous one");
+        return;
+    }
+    log_info("config revision %lld: %zu providers, %zu keys", (long long)snap->revision, snap->n_providers,
+             snap->n_keys);
+    server_publish(&n->server, s);
+    snapshot_release(s);
+}
+
+static void on_admin_status(void *data, admin_status_t *out)
+{
+    out->draining = ((node_t *)data)->draining;
+}
+
+static void finish(node_t *n, int code)
+{
+    n->exit_code = code;
+    uv_stop(n->loop);
+}
+
+static void on_drained(server_t *s)
+{
+    node_t *n = H2O_STRUCT_FROM_MEMBER(node_t, server, s);
+    log_info("drained: every in-flight request finished");
+    finish(n, 0);
+}
+
+static void on_shutdown_timeout(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    log_warn("shutdown timeout: exiting with requests still in flight");
+    finish(n, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    node_t *n = h->data;
+    if (signum == SIGHUP) {
+        char err[256];
+        if (server_reload_tls(&n->server, err, sizeof(err)) == 0)
+            log_info("SIGHUP: TLS certificate reloaded");
+        else
+            log_error("SIGHUP: certificate reload failed, keeping the old one: %s", err);
+        return;
+    }
+    if (n->draining) {
+        log_warn("second termination signal: exiting now");
+        finish(n, 0);
+        return;
+    }
+    log_info("signal %d: draining (timeout %llu ms)", signum, (unsigned long long)n->cfg.shutdown_timeout_ms);
+    n->draining = true;
+    server_drain(&n->server, on_drained);
+    uv_timer_init(n->loop, &n->shutdown_timer);
+    n->shutdown_timer.data = n;
+    uv_timer_start(&n->shutdown_timer, on_shutdown_timeout, n->cfg.shutdown_timeout_ms, 0);
+}
+
+static int make_data_dir(const char *path)
+{
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static node_t node;
+    node_t *n = &node;
+    char err[512];
+    int ret = config_parse(&n->cfg, argc, argv, err, sizeof(err));
+    if (ret == 1)
+        return 0;
+    if (ret < 0) {
+        fprintf(stderr, "llmrelay: %s\n", err);
+        return 2;
+    }
+    log_set_level(n->cfg.log_level);
+    /* No core dump may hold content; /proc/PID/mem becomes root-only. */
+    prctl(PR_SET_DUMPABLE, 0);
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    if ((ret = make_data_dir(n->cfg.data_dir)) != 0) {
+        fprintf(stderr, "llmrelay: cannot create --data-dir %s: %s\n", n->cfg.data_dir, strerror(-ret));
+        return 1;
+    }
+    size_t plen = strlen(n->cfg.data_dir) + 32;
+    n->snapshot_path = malloc(plen);
+    snprintf(n->snapshot_path, plen, "%s/snapshot.pb", n->cfg.data_dir);
+
+    n->loop = uv_default_loop();
+    if ((ret = server_start(&n->server, &n->cfg, n->loop, err, sizeof(err))) != 0) {
+        fprintf(stderr, "llmrelay: %s\n", err);
+        return 1;
+    }
+    n->curl = curl_uv_create(n->loop);
+    if (n->curl == NULL || etcd_client_create(n->loop, n->curl, n->cfg.etcd, &n->etcd) != 0) {
+        fprintf(stderr, "llmrelay: bad --etcd %s\n", n->cfg.etcd);
+        return 2;
+    }
+    if (config_store_create(n->loop, n->etcd, n->cfg.etcd_prefix, n->snapshot_path, on_config, n, &n->store) != 0) {
+        fprintf(stderr, "llmrelay: cannot start the config store\n");
+        return 1;
+    }
+    if ((ret = admin_start(n->loop, &n->cfg, n->store, on_admin_status, n, &n->admin, err, sizeof(err))) != 0) {
+        fprintf(stderr, "llmrelay: %s\n", err);
+        return 1;
+    }
+    uv_signal_init(n->loop, &n->sig_term);
+    uv_signal_init(n->loop, &n->sig_int);
+    uv_signal_init(n->loop, &n->sig_hup);
+    n->sig_term.data = n->sig_int.data = n->sig_hup.data = n;
+    uv_signal_start(&n->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&n->sig_int, on_signal, SIGINT);
+    uv_signal_start(&n->sig_hup, on_signal, SIGHUP);
+
+    log_info("llmrelay %s node %s: %d workers, listen %s%s%s, admin %s, etcd %s", LLMRELAY_VERSION, n->cfg.name,
+             n->cfg.workers, n->cfg.listen, n->cfg.listen_plain ? ", plain " : "",
+             n->cfg.listen_plain ? n->cfg.listen_plain : "", n->cfg.admin_listen, n->cfg.etcd);
+    uv_run(n->loop, UV_RUN_DEFAULT);
+
+    server_stop(&n->server);
+    admin_stop(n->admin);
+    config_store_destroy(n->store);
+    etcd_client_destroy(n->etcd);
+    curl_uv_destroy(n->curl);
+    log_info("exit %d", n->exit_code);
+    fflush(stdout);
+    exit(n->exit_code);
+}

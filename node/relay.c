@@ -1,0 +1,796 @@
+/* relay.c — one client request relayed to an OpenAI-format upstream and back.
+ *
+ * A request is checked in order (key, body size, JSON, model, allowlist), its body is
+ * rewritten for the upstream (model alias, stream_options.include_usage, store:false), and
+ * a curl transfer is started on the worker's multi. The answer streams back as it arrives:
+ * curl's write callback appends to `pending`, which is handed to h2o as soon as h2o has
+ * finished with the previous piece (two buffers, as h2o's own proxy does; exactly one
+ * h2o_send per proceed). When `pending` reaches RELAY_PAUSE_AT the write callback pauses
+ * the transfer without consuming the bytes; proceed sends what is pending and unpauses, so
+ * a slow client slows the upstream and memory per stream stays bounded.
+ *
+ * Usage is read on the fly, never from a whole buffered body: SSE answers are cut into
+ * events (the usage-only chat chunk the relay asked for is dropped unless the client
+ * asked for it too), JSON answers go through a streaming scanner. If the client leaves
+ * before the end, the transfer goes on, parsed but not buffered, until the usage has been
+ * seen or --usage-drain-timeout passes; only then is usage estimated (and marked so).
+ *
+ * Lifetime: a relay_t lives on the heap, not in the request pool, because it can outlive
+ * the request (draining). It is freed when both the request is gone (pool disposed) and
+ * the transfer is over, after its timer handle has closed. Every buffer that held content
+ * is wiped as it is freed (wipe_buf). */
+#include "node/relay.h"
+
+#include <assert.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "node/errors.h"
+#include "node/log.h"
+#include "node/reqjson.h"
+#include "node/server.h"
+#include "node/snapshot.h"
+#include "node/sse.h"
+#include "node/usage.h"
+#include "node/util.h"
+#include "node/wipe.h"
+
+typedef struct endpoint {
+    const char *path;     /* client path */
+    const char *upstream; /* suffix appended to the provider's base URL */
+    const char *name;     /* endpoint name in the metadata record */
+    reqjson_endpoint_t kind;
+} endpoint_t;
+
+static const endpoint_t endpoints[] = {
+    {"/v1/chat/completions", "/chat/completions", "chat.completions", REQJSON_CHAT},
+    {"/v1/completions", "/completions", "completions", REQJSON_COMPLETIONS},
+    {"/v1/embeddings", "/embeddings", "embeddings", REQJSON_EMBEDDINGS},
+    {"/v1/responses", "/responses", "responses", REQJSON_RESPONSES},
+};
+
+typedef struct relay relay_t;
+
+/* Lives in the request pool; its dispose callback tells the relay the request is gone. */
+typedef struct relay_link {
+    relay_t *relay;
+} relay_link_t;
+
+struct relay {
+    h2o_generator_t generator; /* first: h2o hands it back to proceed/stop */
+    worker_t *worker;
+    h2o_req_t *req; /* NULL once the client is gone (stopped or disposed) */
+    relay_link_t *link;
+    h2o_conn_t *conn;
+    int http_version;
+    snapshot_t *snap;
+    const snapshot_key_t *key;
+    const snapshot_route_t *route;
+    const endpoint_t *ep;
+    reqjson_info_t info;
+    bool client_wants_usage;
+
+    wipe_buf_t body; /* request body as sent upstream */
+    CURL *easy;
+    struct curl_slist *headers;
+    char *url;
+    bool attached;     /* the transfer is on the multi */
+    bool request_sent; /* curl is about to send (or has sent) the request upstream */
+    bool upstream_over;
+    CURLcode result;
+    bool timed_out;
+
+    bool got_first_byte, started, final_sent, sending, paused, in_write_cb;
+    int status;
+    bool sse;
+    wipe_buf_t pending, inflight;
+    sse_parser_t sse_parser;
+    usage_scan_t *scan;
+    usage_t usage;
+    size_t output_bytes;
+
+    uv_timer_t timer;
+    uint64_t start_ms, last_activity_ms, drain_deadline_ms;
+    int64_t ts_ms, ttfb_ms;
+    bool logged;
+    char request_id[65];
+};
+
+static int64_t realtime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- request helpers ---------------------------------------------------------------- */
+
+static void request_id_for(h2o_req_t *req, char out[65])
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (util_request_id_sane(v.base, v.len)) {
+            memcpy(out, v.base, v.len);
+            out[v.len] = '\0';
+            return;
+        }
+    }
+    util_request_id_new(out);
+}
+
+/* The relay key from `Authorization: Bearer`; NULL when absent. */
+static const char *bearer_token(h2o_req_t *req, size_t *len)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i < 0)
+        return NULL;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (v.len < 7 || strncasecmp(v.base, "Bearer ", 7) != 0)
+        return NULL;
+    const char *p = v.base + 7;
+    size_t n = v.len - 7;
+    while (n > 0 && *p == ' ')
+        p++, n--;
+    while (n > 0 && p[n - 1] == ' ')
+        n--;
+    *len = n;
+    return n > 0 ? p : NULL;
+}
+
+/* Every answer carries the metadata record, errors included. */
+static void log_early(worker_t *w, const char *request_id, const snapshot_key_t *key, const char *model,
+                      const char *endpoint, int status, int64_t ts_ms, uint64_t start_ms)
+{
+    log_record_t rec = {
+        .ts_ms = ts_ms,
+        .request_id = request_id,
+        .node = w->server->cfg->name,
+        .key_id = key != NULL ? key->id : "",
+        .model = model != NULL ? model : "",
+        .endpoint = endpoint,
+        .provider = "",
+        .status = status,
+        .latency_ms = (int64_t)(uv_now(&w->loop) - start_ms),
+        .ttfb_ms = -1,
+    };
+    log_record_write(&rec);
+}
+
+static void send_error(h2o_req_t *req, const char *request_id, int status, const char *code, const char *message)
+{
+    errors_openai_send(req, status, code, message, request_id);
+}
+
+/* Authenticates the request. Returns the key, or NULL after answering 401/503. */
+static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, const char *request_id)
+{
+    if (w->snapshot == NULL) {
+        send_error(req, request_id, 503, "unavailable", "the relay has no configuration yet");
+        return NULL;
+    }
+    size_t len = 0;
+    const char *token = bearer_token(req, &len);
+    if (token == NULL) {
+        send_error(req, request_id, 401, "invalid_api_key",
+                   "Missing API key: pass it in the Authorization header as 'Bearer <key>'.");
+        return NULL;
+    }
+    uint8_t hash[32];
+    util_sha256(token, len, hash);
+    const snapshot_key_t *key = snapshot_find_key(w->snapshot, hash);
+    if (key == NULL || key->revoked) {
+        send_error(req, request_id, 401, "invalid_api_key", "Incorrect or revoked API key provided.");
+        return NULL;
+    }
+    if (key->expires_at != 0 && key->expires_at <= realtime_ms() / 1000) {
+        send_error(req, request_id, 401, "invalid_api_key", "This API key has expired.");
+        return NULL;
+    }
+    return key;
+}
+
+static void add_header(h2o_req_t *req, const char *name, const char *value, size_t len)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, name, strlen(name), 0, NULL, value, len);
+}
+
+/* ---- GET /v1/models ------------------------------------------------------------------ */
+
+static void serve_models(worker_t *w, h2o_req_t *req, const snapshot_key_t *key, const char *request_id)
+{
+    const snapshot_t *s = w->snapshot;
+    size_t cap = 64;
+    for (size_t i = 0; i < s->n_models; i++)
+        cap += strlen(s->models[i].name) * 2 + strlen(s->models[i].routes[0].provider) * 2 + 96;
+    char *body = h2o_mem_alloc_pool(&req->pool, cap);
+    size_t n = (size_t)snprintf(body, cap, "{\"object\":\"list\",\"data\":[");
+    bool first = true;
+    for (size_t i = 0; i < s->n_models; i++) {
+        const snapshot_model_t *m = &s->models[i];
+        if (!snapshot_key_allows(key, m->name))
+            continue;
+        /* Model and provider names are validated by the admin API to safe characters. */
+        n += (size_t)snprintf(body + n, cap - n,
+                              "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
+                              first ? "" : ",", m->name, m->routes[0].provider);
+        first = false;
+    }
+    n += (size_t)snprintf(body + n, cap - n, "]}\n");
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    add_header(req, "x-request-id", request_id, strlen(request_id));
+    h2o_send_inline(req, body, n);
+}
+
+/* ---- the relay's end ----------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    relay_t *r = h->data;
+    wipe_free(r);
+}
+
+static void relay_maybe_free(relay_t *r)
+{
+    if (r->link != NULL || !r->upstream_over)
+        return;
+    assert(r->logged);
+    wipe_buf_free(&r->pending);
+    wipe_buf_free(&r->inflight);
+    wipe_buf_free(&r->body);
+    sse_parser_dispose(&r->sse_parser);
+    if (r->scan != NULL)
+        usage_scan_free(r->scan);
+    snapshot_release(r->snap);
+    free(r->url);
+    uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+}
+
+static void wipe_headers(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l != NULL; l = l->next)
+        explicit_bzero(l->data, strlen(l->data));
+    curl_slist_free_all(list);
+}
+
+/* The transfer is over (finished, failed, cancelled): settle usage and write the record. */
+static void relay_upstream_over(relay_t *r)
+{
+    assert(!r->upstream_over);
+    r->upstream_over = true;
+    uv_timer_stop(&r->timer);
+    if (r->easy != NULL) {
+        curl_easy_cleanup(r->easy);
+        r->easy = NULL;
+    }
+    wipe_headers(r->headers);
+    r->headers = NULL;
+    wipe_buf_free(&r->body);
+
+    if (r->scan != NULL && !r->usage.found) {
+        usage_t u;
+        if (usage_scan_finish(r->scan, &u) == 0 && u.found)
+            r->usage = u;
+    }
+    bool ok_status = r->status >= 200 && r->status < 300;
+    bool estimated = false;
+    usage_t u = r->usage;
+    if (!u.found && ok_status && r->got_first_byte) {
+        usage_estimate(r->info.prompt_bytes, r->output_bytes, &u);
+        estimated = true;
+    } else if (!u.found) {
+        memset(&u, 0, sizeof(u));
+    }
+    log_record_t rec = {
+        .ts_ms = r->ts_ms,
+        .request_id = r->request_id,
+        .node = r->worker->server->cfg->name,
+        .key_id = r->key->id,
+        .model = r->info.model,
+        .endpoint = r->ep->name,
+        .provider = r->route->provider,
+        .status = r->status,
+        .input_tokens = u.input_tokens,
+        .cached_input_tokens = u.cached_input_tokens,
+        .output_tokens = u.output_tokens,
+        .reasoning_tokens = u.reasoning_tokens,
+        .usd = 0,
+        .latency_ms = (int64_t)(uv_now(&r->worker->loop) - r->start_ms),
+        .ttfb_ms = r->ttfb_ms,
+        .stream = r->info.stream,
+        .estimated = estimated,
+    };
+    log_record_write(&rec);
+    r->logged = true;
+    server_relay_finished(r->worker);
+}
+
+static void send_pending(relay_t *r, h2o_send_state_t state)
+{
+    assert(r->req != NULL && !r->sending && !r->final_sent);
+    wipe_buf_t t = r->inflight;
+    r->inflight = r->pending;
+    r->pending = t;
+    wipe_buf_reset(&r->pending);
+    h2o_iovec_t buf = h2o_iovec_init(r->inflight.data, r->inflight.len);
+    if (state != H2O_SEND_STATE_IN_PROGRESS)
+        r->final_sent = true;
+    else
+        r->sending = true;
+    h2o_send(r->req, &buf, buf.len > 0 ? 1 : 0, state);
+}
+
+/* Sends what can be sent now: pending bytes, and the end once the upstream is over. */
+static void flush(relay_t *r)
+{
+    if (r->req == NULL || !r->started || r->sending || r->final_sent)
+        return;
+    if (r->upstream_over) {
+        h2o_send_state_t st = r->result == CURLE_OK && !r->timed_out ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_ERROR;
+        send_pending(r, st);
+    } else if (r->pending.len > 0) {
+        send_pending(r, H2O_SEND_STATE_IN_PROGRESS);
+    }
+}
+
+static void cancel_transfer(relay_t *r, bool timeout);
+
+/* The client is gone: keep reading the upstream, unbuffered, to learn the usage. */
+static void client_gone(relay_t *r)
+{
+    if (r->req == NULL)
+        return;
+    bool complete = r->final_sent;
+    r->req = NULL;
+    r->sending = false;
+    wipe_buf_free(&r->pending);
+    wipe_buf_free(&r->inflight);
+    if (!complete)
+        server_count_reset(r->worker, r->conn, r->http_version);
+    if (r->upstream_over)
+        return;
+    if (!r->request_sent) {
+        /* Nothing reached the upstream yet (a stream reset right after it was opened):
+         * there is no usage to learn, so no upstream work is done at all. */
+        cancel_transfer(r, false);
+        return;
+    }
+    uint64_t now = uv_now(&r->worker->loop);
+    r->drain_deadline_ms = now + r->worker->server->cfg->usage_drain_timeout_ms;
+    if (r->paused) {
+        r->paused = false;
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+}
+
+static void on_generator_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    relay_t *r = (relay_t *)gen;
+    (void)req;
+    r->sending = false;
+    wipe_buf_reset(&r->inflight);
+    flush(r);
+    if (r->paused && !r->in_write_cb && !r->upstream_over && r->pending.len < RELAY_PAUSE_AT) {
+        /* Send first, unpause last: unpausing delivers the held data synchronously. */
+        r->paused = false;
+        r->last_activity_ms = uv_now(&r->worker->loop);
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+}
+
+static void on_generator_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    client_gone((relay_t *)gen);
+}
+
+static void on_link_dispose(void *p)
+{
+    relay_link_t *link = p;
+    relay_t *r = link->relay;
+    if (r == NULL)
+        return;
+    client_gone(r);
+    r->link = NULL;
+    if (r->attached && !r->upstream_over && r->worker->server->cfg->usage_drain_timeout_ms == 0) {
+        curl_uv_remove(r->worker->curl, r->easy);
+        r->attached = false;
+        r->result = CURLE_ABORTED_BY_CALLBACK;
+        relay_upstream_over(r);
+    }
+    relay_maybe_free(r);
+}
+
+/* ---- upstream answer ------------------------------------------------------------------ */
+
+static void start_response(relay_t *r)
+{
+    h2o_req_t *req = r->req;
+    req->res.status = r->status;
+    req->res.reason = "OK";
+    char *ct = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ct);
+    if (ct != NULL) {
+        size_t n = strlen(ct);
+        char *copy = h2o_mem_alloc_pool(&req->pool, n);
+        memcpy(copy, ct, n);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, copy, n);
+    }
+    if (r->sse)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    add_header(req, "x-request-id", r->request_id, strlen(r->request_id));
+    r->generator.proceed = on_generator_proceed;
+    r->generator.stop = on_generator_stop;
+    r->started = true;
+    h2o_start_response(req, &r->generator);
+}
+
+static void on_first_byte(relay_t *r)
+{
+    r->got_first_byte = true;
+    r->ttfb_ms = (int64_t)(uv_now(&r->worker->loop) - r->start_ms);
+    long code = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+    r->status = (int)code;
+    char *ct = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ct);
+    bool ok = code >= 200 && code < 300;
+    r->sse = ok && ct != NULL && strncasecmp(ct, "text/event-stream", 17) == 0;
+    if (ok && !r->sse)
+        usage_scan_init(&r->scan);
+    if (r->req != NULL)
+        start_response(r);
+}
+
+static int on_sse_event(void *data, const sse_event_t *ev)
+{
+    relay_t *r = data;
+    bool forward = true;
+    if (ev->has_data && ev->data_len > 0 && !(ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)) {
+        usage_t u;
+        if (r->ep->kind == REQJSON_RESPONSES) {
+            bool terminal = false;
+            if (usage_from_responses_event(ev->data, ev->data_len, &u, &terminal) == 0 && u.found)
+                r->usage = u;
+        } else {
+            bool usage_only = false;
+            if (usage_from_chat_chunk(ev->data, ev->data_len, &u, &usage_only) == 0 && u.found)
+                r->usage = u;
+            if (usage_only && !r->client_wants_usage)
+                forward = false;
+        }
+        r->output_bytes += ev->data_len;
+    }
+    if (forward && r->req != NULL)
+        return wipe_buf_append(&r->pending, ev->raw, ev->raw_len) == 0 ? 0 : -ENOMEM;
+    return 0;
+}
+
+static size_t on_upstream_data(char *ptr, size_t size, size_t nmemb, void *data)
+{
+    relay_t *r = data;
+    size_t len = size * nmemb;
+    if (!r->got_first_byte)
+        on_first_byte(r);
+    if (r->req != NULL && r->pending.len >= RELAY_PAUSE_AT) {
+        r->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    r->last_activity_ms = uv_now(&r->worker->loop);
+    r->in_write_cb = true;
+    int err = 0;
+    if (r->sse) {
+        err = sse_parser_feed(&r->sse_parser, (const uint8_t *)ptr, len, on_sse_event, r);
+    } else {
+        if (r->scan != NULL)
+            usage_scan_feed(r->scan, (const uint8_t *)ptr, len);
+        r->output_bytes += len;
+        if (r->req != NULL)
+            err = wipe_buf_append(&r->pending, ptr, len);
+    }
+    flush(r);
+    r->in_write_cb = false;
+    if (err != 0)
+        return 0; /* an event over RELAY_MAX_EVENT or no memory: abort the transfer */
+    /* A client that left: once the usage is known there is nothing more to learn. */
+    if (r->req == NULL && r->usage.found)
+        return 0;
+    return len;
+}
+
+static void on_upstream_done(CURL *easy, CURLcode result, void *data)
+{
+    relay_t *r = data;
+    (void)easy;
+    r->attached = false;
+    r->result = result;
+    if (r->sse && r->req != NULL)
+        sse_parser_finish(&r->sse_parser, on_sse_event, r);
+    if (!r->got_first_byte && r->req != NULL) {
+        /* Nothing came back: answer in OpenAI's shape. */
+        bool timeout = result == CURLE_OPERATION_TIMEDOUT || r->timed_out;
+        r->status = timeout ? 504 : 502;
+        r->final_sent = true;
+        log_debug("request %s: upstream %s failed: %s", r->request_id, r->route->provider, curl_easy_strerror(result));
+        send_error(r->req, r->request_id, r->status, timeout ? "upstream_timeout" : "upstream_error",
+                   timeout ? "The upstream provider did not answer in time."
+                           : "The upstream provider could not be reached.");
+    } else if (result != CURLE_OK && r->req == NULL && r->usage.found) {
+        r->result = CURLE_OK; /* we stopped reading on purpose once the usage was known */
+    }
+    relay_upstream_over(r);
+    flush(r);
+    relay_maybe_free(r);
+}
+
+static void cancel_transfer(relay_t *r, bool timeout)
+{
+    if (!r->attached)
+        return;
+    curl_uv_remove(r->worker->curl, r->easy);
+    r->attached = false;
+    r->timed_out = timeout;
+    on_upstream_done(r->easy, timeout ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK, r);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    relay_t *r = t->data;
+    const llmrelay_config_t *cfg = r->worker->server->cfg;
+    uint64_t now = uv_now(&r->worker->loop), next;
+    if (r->req == NULL && r->drain_deadline_ms != 0 && now >= r->drain_deadline_ms) {
+        cancel_transfer(r, false);
+        return;
+    }
+    if (!r->got_first_byte) {
+        uint64_t deadline = r->start_ms + cfg->upstream_first_byte_timeout_ms;
+        if (now >= deadline) {
+            log_info("request %s: no first byte from %s within %llu ms", r->request_id, r->route->provider,
+                     (unsigned long long)cfg->upstream_first_byte_timeout_ms);
+            cancel_transfer(r, true);
+            return;
+        }
+        next = deadline - now;
+    } else if (r->paused) {
+        next = cfg->upstream_idle_timeout_ms; /* the client is slow, not the upstream */
+    } else {
+        uint64_t deadline = r->last_activity_ms + cfg->upstream_idle_timeout_ms;
+        if (now >= deadline) {
+            log_info("request %s: upstream %s idle for %llu ms", r->request_id, r->route->provider,
+                     (unsigned long long)cfg->upstream_idle_timeout_ms);
+            cancel_transfer(r, true);
+            return;
+        }
+        next = deadline - now;
+    }
+    if (r->req == NULL && r->drain_deadline_ms != 0 && r->drain_deadline_ms - now < next)
+        next = r->drain_deadline_ms - now;
+    uv_timer_start(&r->timer, on_timer, next, 0);
+}
+
+/* ---- starting a relay ------------------------------------------------------------------ */
+
+static const snapshot_route_t *choose_route(const snapshot_model_t *m)
+{
+    /* Highest priority first; weighted choice among the routes sharing it. Only OpenAI-type
+     * providers are served by this node version. */
+    int best = 0;
+    bool any = false;
+    uint64_t total = 0;
+    for (size_t i = 0; i < m->n_routes; i++) {
+        const snapshot_route_t *rt = &m->routes[i];
+        if (strcmp(rt->type, "openai") != 0 || rt->n_api_keys == 0)
+            continue;
+        if (!any || rt->priority > best) {
+            best = rt->priority;
+            total = 0;
+            any = true;
+        }
+        if (rt->priority == best)
+            total += (uint64_t)rt->weight;
+    }
+    if (!any)
+        return NULL;
+    uint64_t pick;
+    util_random_bytes(&pick, sizeof(pick));
+    pick %= total;
+    for (size_t i = 0; i < m->n_routes; i++) {
+        const snapshot_route_t *rt = &m->routes[i];
+        if (strcmp(rt->type, "openai") != 0 || rt->n_api_keys == 0 || rt->priority != best)
+            continue;
+        if (pick < (uint64_t)rt->weight)
+            return rt;
+        pick -= (uint64_t)rt->weight;
+    }
+    return NULL;
+}
+
+static int on_prereq(void *data, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+    (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
+    ((relay_t *)data)->request_sent = true;
+    return CURL_PREREQFUNC_OK;
+}
+
+static int setup_transfer(relay_t *r)
+{
+    const llmrelay_config_t *cfg = r->worker->server->cfg;
+    size_t ulen = strlen(r->route->base_url) + strlen(r->ep->upstream) + 1;
+    r->url = malloc(ulen);
+    r->easy = curl_easy_init();
+    if (r->url == NULL || r->easy == NULL)
+        return -ENOMEM;
+    snprintf(r->url, ulen, "%s%s", r->route->base_url, r->ep->upstream);
+
+    uint32_t pick = 0;
+    util_random_bytes(&pick, sizeof(pick));
+    const char *api_key = r->route->api_keys[pick % r->route->n_api_keys];
+    size_t alen = strlen(api_key) + 32;
+    char *auth = malloc(alen);
+    if (auth == NULL)
+        return -ENOMEM;
+    snprintf(auth, alen, "Authorization: Bearer %s", api_key);
+    r->headers = curl_slist_append(r->headers, auth);
+    explicit_bzero(auth, alen);
+    free(auth);
+    r->headers = curl_slist_append(r->headers, "Content-Type: application/json");
+    r->headers =
+        curl_slist_append(r->headers, r->info.stream ? "Accept: text/event-stream" : "Accept: application/json");
+    r->headers = curl_slist_append(r->headers, "Expect:");
+    r->headers = curl_slist_append(r->headers, "User-Agent: llmrelay/" LLMRELAY_VERSION);
+
+    CURL *e = r->easy;
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, (char *)r->body.data);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.len);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_upstream_data);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->upstream_connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    server_curl_tls_setup(r->worker->server, e);
+    return 0;
+}
+
+static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const char *request_id, int64_t ts_ms,
+                        uint64_t start_ms)
+{
+    const llmrelay_config_t *cfg = w->server->cfg;
+    const snapshot_key_t *key = authenticate(w, req, request_id);
+    if (key == NULL) {
+        log_early(w, request_id, NULL, NULL, ep->name, 401, ts_ms, start_ms);
+        return;
+    }
+#define REFUSE(status, code, msg)                                                                                      \
+    do {                                                                                                               \
+        send_error(req, request_id, status, code, msg);                                                                \
+        log_early(w, request_id, key, model_name, ep->name, status, ts_ms, start_ms);                                  \
+        return;                                                                                                        \
+    } while (0)
+    const char *model_name = NULL;
+    if (req->entity.len > cfg->max_body)
+        REFUSE(413, "request_too_large", "The request body is larger than this relay accepts.");
+    if (req->entity.base == NULL)
+        REFUSE(400, "invalid_request", "The request needs a JSON body.");
+
+    reqjson_info_t info;
+    char err[160];
+    if (reqjson_inspect(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &info, err, sizeof(err)) != 0)
+        REFUSE(400, "invalid_request", err);
+    const snapshot_model_t *model = snapshot_find_model(w->snapshot, info.model, strlen(info.model));
+    if (model == NULL)
+        REFUSE(404, "model_not_found", "The model does not exist or is not served by this relay.");
+    model_name = model->name;
+    if (!snapshot_key_allows(key, model->name))
+        REFUSE(403, "model_not_allowed", "This API key may not use this model.");
+    const snapshot_route_t *route = choose_route(model);
+    if (route == NULL)
+        REFUSE(503, "upstream_error", "No provider of a supported type serves this model.");
+
+    relay_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        REFUSE(503, "unavailable", "The relay is out of memory.");
+    r->worker = w;
+    r->req = req;
+    r->conn = req->conn;
+    r->http_version = req->version;
+    r->snap = w->snapshot;
+    snapshot_retain(r->snap);
+    r->key = key;
+    r->route = route;
+    r->ep = ep;
+    r->info = info;
+    r->client_wants_usage = info.include_usage == 1;
+    r->ts_ms = ts_ms;
+    r->start_ms = start_ms;
+    r->ttfb_ms = -1;
+    r->status = 502;
+    memcpy(r->request_id, request_id, strlen(request_id) + 1);
+    wipe_buf_init(&r->body, (size_t)cfg->max_body * 2 + 4096);
+    wipe_buf_init(&r->pending, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
+    wipe_buf_init(&r->inflight, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
+    sse_parser_init(&r->sse_parser, RELAY_MAX_EVENT);
+    uv_timer_init(&w->loop, &r->timer);
+    r->timer.data = r;
+    r->link = h2o_mem_alloc_shared(&req->pool, sizeof(relay_link_t), on_link_dispose);
+    r->link->relay = r;
+    w->inflight++;
+
+    reqjson_rewrite_t rw = {
+        .model = route->upstream_model,
+        .include_usage = info.stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
+        .store_false_by_default = ep->kind == REQJSON_RESPONSES,
+        .default_max_output_tokens = 0,
+    };
+    int ret =
+        reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err, sizeof(err));
+    if (ret == 0)
+        ret = setup_transfer(r);
+    if (ret == 0)
+        ret = curl_uv_add(w->curl, r->easy, on_upstream_done, r);
+    if (ret != 0) {
+        r->status = ret == -EINVAL ? 400 : 503;
+        r->final_sent = true;
+        send_error(req, request_id, r->status, ret == -EINVAL ? "invalid_request" : "unavailable",
+                   ret == -EINVAL ? err : "The relay could not start the upstream request.");
+        relay_upstream_over(r);
+        return;
+    }
+    r->attached = true;
+    uv_timer_start(&r->timer, on_timer, cfg->upstream_first_byte_timeout_ms, 0);
+#undef REFUSE
+}
+
+int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    (void)self;
+    worker_t *w = worker_of(req);
+    uint64_t start_ms = uv_now(&w->loop);
+    int64_t ts_ms = realtime_ms();
+    char request_id[65];
+    request_id_for(req, request_id);
+    h2o_iovec_t path = req->path_normalized;
+
+    for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++) {
+        const endpoint_t *ep = &endpoints[i];
+        if (!h2o_memis(path.base, path.len, ep->path, strlen(ep->path)))
+            continue;
+        if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
+            add_header(req, "allow", "POST", 4);
+            send_error(req, request_id, 405, "method_not_allowed", "Use POST for this endpoint.");
+            return 0;
+        }
+        start_relay(w, req, ep, request_id, ts_ms, start_ms);
+        return 0;
+    }
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/models"))) {
+        if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
+            add_header(req, "allow", "GET", 3);
+            send_error(req, request_id, 405, "method_not_allowed", "Use GET for this endpoint.");
+            return 0;
+        }
+        const snapshot_key_t *key = authenticate(w, req, request_id);
+        if (key != NULL)
+            serve_models(w, req, key, request_id);
+        log_early(w, request_id, key, NULL, "models", key != NULL ? 200 : 401, ts_ms, start_ms);
+        return 0;
+    }
+    send_error(req, request_id, 404, "not_found", "Unknown path.");
+    return 0;
+}

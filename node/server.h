@@ -1,0 +1,108 @@
+/* server.h — the client-facing server: worker threads, listeners, TLS, request dispatch.
+ *
+ * Each worker thread owns one uv loop, one h2o context, one curl multi (curl_uv) and its own
+ * SO_REUSEPORT listening sockets (TLS and, optionally, cleartext); nothing on the request
+ * path is shared with another thread except the immutable config snapshot. The main thread
+ * talks to workers only by message (h2o_multithread queues): a new snapshot, a new TLS
+ * context after SIGHUP, drain. Workers answer the main thread the same way.
+ *
+ * Ownership: server_start borrows cfg for the server's lifetime. Snapshots passed to
+ * server_publish are retained by each worker; the caller keeps its own reference. */
+#ifndef LLMRELAY_NODE_SERVER_H
+#define LLMRELAY_NODE_SERVER_H
+
+#include <h2o.h>
+#include <h2o/multithread.h>
+#include <openssl/ssl.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "cluster/curl_uv.h"
+#include "node/config.h"
+#include "node/snapshot.h"
+
+typedef struct server server_t;
+
+/* Per-connection count of client stream resets, for the HTTP/2 Rapid Reset defence. */
+typedef struct reset_entry {
+    uint64_t conn_id;
+    uint64_t window_start_ms;
+    uint32_t count;
+} reset_entry_t;
+
+#define SERVER_RESET_SLOTS 1024
+#define SERVER_RESET_WINDOW_MS 1000
+#define SERVER_RESET_LIMIT 64 /* resets per connection per window before GOAWAY */
+
+typedef struct worker {
+    h2o_context_t ctx; /* first: requests reach their worker through req->conn->ctx */
+    server_t *server;
+    int index;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    h2o_accept_ctx_t accept_tls, accept_plain;
+    uv_tcp_t listen_tls, listen_plain;
+    bool has_tls, has_plain, listening;
+    int fd_tls, fd_plain;
+    curl_uv_t *curl;
+    h2o_multithread_receiver_t receiver; /* messages from the main thread */
+    snapshot_t *snapshot;                /* current; one reference held */
+    SSL_CTX *ssl_ctx;                    /* current; one reference held */
+    size_t inflight;                     /* relays not yet finished (including drains) */
+    bool draining;
+    uv_timer_t housekeeping;
+    uv_sem_t started;
+    reset_entry_t resets[SERVER_RESET_SLOTS];
+} worker_t;
+
+struct server {
+    const llmrelay_config_t *cfg;
+    h2o_globalconf_t globalconf;
+    X509_STORE *upstream_extra_cas; /* certificates of --upstream-ca-file, or NULL */
+    STACK_OF(X509) * upstream_cas;
+    worker_t *workers;
+    int n_workers;
+    uv_loop_t *main_loop;
+    h2o_multithread_queue_t *main_queue;
+    h2o_multithread_receiver_t main_receiver; /* messages from workers */
+    atomic_int workers_idle;                  /* workers that finished draining */
+    void (*drained_cb)(server_t *s);          /* called on the main loop once every worker drained */
+};
+
+/* Binds every listener (so an address in use is reported at once), builds the TLS context
+ * and starts cfg->workers threads. Returns 0 or a negative error with a message in err. */
+int server_start(server_t *s, const llmrelay_config_t *cfg, uv_loop_t *main_loop, char *err, size_t errlen);
+
+/* Gives every worker the new snapshot (each takes its own reference). Main thread only. */
+void server_publish(server_t *s, snapshot_t *snap);
+
+/* Rebuilds the TLS context from the certificate files and hands it to every worker;
+ * connections already open keep theirs. Returns 0 or a negative error (the old context
+ * stays). Main thread only. */
+int server_reload_tls(server_t *s, char *err, size_t errlen);
+
+/* Graceful drain: stop accepting, GOAWAY/close idle connections, let in-flight requests
+ * finish. cb runs on the main loop once every worker has no request left. */
+void server_drain(server_t *s, void (*cb)(server_t *s));
+
+/* Stops the worker loops and joins the threads (after server_drain, or on timeout). */
+void server_stop(server_t *s);
+
+/* Worker side, used by the relay. */
+static inline worker_t *worker_of(h2o_req_t *req)
+{
+    return (worker_t *)req->conn->ctx;
+}
+
+/* A relay of this worker has ended (its upstream transfer is over); drain accounting. */
+void server_relay_finished(worker_t *w);
+
+/* Makes an upstream transfer trust --upstream-ca-file's CAs besides the system's. */
+void server_curl_tls_setup(server_t *s, CURL *easy);
+
+/* Counts a client reset of a stream on conn; sends GOAWAY and stops reading new streams when
+ * the connection exceeds SERVER_RESET_LIMIT resets per window. */
+void server_count_reset(worker_t *w, h2o_conn_t *conn, int http_version);
+
+#endif

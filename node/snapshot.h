@@ -1,0 +1,66 @@
+/* snapshot.h — the immutable, compiled view of the shared config that worker threads read.
+ *
+ * The main thread builds a snapshot from the config store's protobuf records whenever the
+ * config changes and hands one reference to each worker by message; a worker swaps its
+ * pointer and releases the old one. Requests take a reference for their lifetime, so a
+ * snapshot is freed only when its last request ends. Reads take no lock: the structure is
+ * never modified after snapshot_build returns, only its atomic reference count.
+ *
+ * Ownership: snapshot_build copies everything it needs; every pointer returned by a lookup
+ * is owned by the snapshot and valid while the caller holds a reference. */
+#ifndef LLMRELAY_NODE_SNAPSHOT_H
+#define LLMRELAY_NODE_SNAPSHOT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.pb-c.h"
+
+typedef struct snapshot_route {
+    const char *provider;       /* provider name */
+    const char *type;           /* openai | anthropic | gemini */
+    const char *base_url;       /* without trailing '/' */
+    const char *upstream_model; /* the model name sent upstream */
+    const char *const *api_keys;
+    size_t n_api_keys;
+    int priority, weight;
+} snapshot_route_t;
+
+typedef struct snapshot_model {
+    const char *name;         /* the name clients use */
+    snapshot_route_t *routes; /* sorted by priority, highest first */
+    size_t n_routes;
+} snapshot_model_t;
+
+typedef struct snapshot_key {
+    uint8_t hash[32];
+    const char *id, *name;
+    bool revoked;
+    int64_t expires_at;        /* unix seconds; 0 = never */
+    const char *const *models; /* allowlist; n_models == 0 means every model */
+    size_t n_models;
+} snapshot_key_t;
+
+typedef struct snapshot {
+    atomic_long refs;
+    int64_t revision;
+    snapshot_key_t *keys; /* open-addressing table, n_key_slots (power of two) entries; id NULL = empty */
+    size_t n_key_slots, n_keys;
+    snapshot_model_t *models; /* sorted by name */
+    size_t n_models;
+    void *arena; /* every string and array above lives here */
+} snapshot_t;
+
+/* Builds a snapshot with one reference held by the caller. NULL on allocation failure.
+ * Providers whose type the node cannot serve are still listed (routing decides). */
+snapshot_t *snapshot_build(const Llmrelay__Snapshot *src);
+void snapshot_retain(snapshot_t *s);
+void snapshot_release(snapshot_t *s);
+
+const snapshot_key_t *snapshot_find_key(const snapshot_t *s, const uint8_t hash[32]);
+const snapshot_model_t *snapshot_find_model(const snapshot_t *s, const char *name, size_t len);
+bool snapshot_key_allows(const snapshot_key_t *k, const char *model);
+
+#endif

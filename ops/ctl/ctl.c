@@ -1,0 +1,107 @@
+/*
+ * ctl.c — llmrelayctl's context: the admin token (read from a file, wiped when done),
+ * messages on stderr, and the mapping of error codes to exit statuses.
+ */
+#include "ops/ctl/ctl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void ctl_errorf(const struct ctl *ctl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("llmrelayctl: ", ctl->err);
+    vfprintf(ctl->err, fmt, ap);
+    fputc('\n', ctl->err);
+    va_end(ap);
+}
+
+int ctl_load_token(struct ctl *ctl, const char *path)
+{
+    char buf[CTL_MAX_TOKEN + 2];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        ctl_errorf(ctl, "cannot read token file %s: %s", path, strerror(err));
+        return -EINVAL;
+    }
+    size_t len = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int err = errno;
+            ctl_errorf(ctl, "cannot read token file %s: %s", path, strerror(err));
+            rc = -EINVAL;
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len == sizeof(buf) - 1) {
+            ctl_errorf(ctl, "token file %s is too long (at most %d bytes)", path, CTL_MAX_TOKEN);
+            rc = -EINVAL;
+            break;
+        }
+    }
+    close(fd);
+    if (rc == 0) {
+        if (len > 0 && buf[len - 1] == '\n')
+            len--;
+        if (len > 0 && buf[len - 1] == '\r')
+            len--;
+        if (len == 0) {
+            ctl_errorf(ctl, "token file %s is empty", path);
+            rc = -EINVAL;
+        }
+        for (size_t i = 0; i < len && rc == 0; i++) {
+            if ((unsigned char)buf[i] <= 0x20 || (unsigned char)buf[i] >= 0x7f) {
+                ctl_errorf(ctl, "token file %s holds characters a token cannot have", path);
+                rc = -EINVAL;
+            }
+        }
+    }
+    if (rc == 0) {
+        char *token = malloc(len + 1);
+        if (token == NULL) {
+            rc = -ENOMEM;
+        } else {
+            memcpy(token, buf, len);
+            token[len] = '\0';
+            if (ctl->token != NULL) {
+                explicit_bzero(ctl->token, strlen(ctl->token));
+                free(ctl->token);
+            }
+            ctl->token = token;
+        }
+    }
+    explicit_bzero(buf, sizeof(buf));
+    return rc;
+}
+
+void ctl_dispose(struct ctl *ctl)
+{
+    if (ctl->token != NULL) {
+        explicit_bzero(ctl->token, strlen(ctl->token));
+        free(ctl->token);
+        ctl->token = NULL;
+    }
+}
+
+int ctl_exit_code(int rc)
+{
+    if (rc == 0)
+        return CTL_EXIT_OK;
+    if (rc == -EINVAL)
+        return CTL_EXIT_USAGE;
+    if (rc == -ENOTCONN)
+        return CTL_EXIT_UNREACHABLE;
+    return CTL_EXIT_SERVER;
+}

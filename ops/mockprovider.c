@@ -1,0 +1,1774 @@
+/*
+ * mockprovider: a fast, deterministic mock of the OpenAI wire format, the upstream that
+ * llmrelay's end-to-end, chaos and benchmark tests talk to, and the ground truth that billing
+ * is compared with (GET /mock/stats counts exactly the tokens it served, per upstream key).
+ *
+ * How it works: one h2o 2.2.5 server (libuv flavour) on one loop, cleartext HTTP/1.1 + h2c
+ * (prior knowledge) or TLS 1.2/1.3 with ALPN h2 + http/1.1. Each request body is parsed with
+ * yajl_tree into a "plan" (model, stream, token counts, faults); a plain answer is written at
+ * once into the request pool, a delayed or streamed answer gets a heap-allocated mock_stream
+ * with its own uv timer. A stream obeys the h2o generator contract: exactly one h2o_send per
+ * proceed, and the bytes sent stay untouched in mock_stream.out until the next proceed or the
+ * request's pool dispose, which is also the only place a mock_stream is released (timer
+ * closed, buffers wiped and freed in the close callback), whether the client finished, reset
+ * the stream or disconnected.
+ *
+ * Deterministic token counts (what billing tests compare with):
+ *   - B = total byte length of the string values of the request's prompt: every `content`
+ *     string of `messages` and the `text` of content-part arrays, `prompt` (string or array),
+ *     `input` (string, array of strings, or response items with `content`/`text`; each integer
+ *     of a token array counts as 4 bytes), and `instructions`.
+ *   - input tokens  P = max(1, ceil(B / 4))   (so P never exceeds the prompt's byte count).
+ *   - output tokens C = --chunks (default 8), or the `chunks=` directive / global config,
+ *     capped by `max_tokens` / `max_completion_tokens` / `max_output_tokens` when given (then
+ *     finish_reason "length", or responses status "incomplete"). Embeddings: C = 0.
+ *   - token i is " tok<i>", except token 1 is the --reply-text when it is set.
+ *   - stats count what was served: a plain 200 answer counts P + C; a stream counts P when its
+ *     headers go out and each token as it is handed to h2o (a cut stream counts its K tokens);
+ *     an error answer counts 0 tokens and one error; a cut stream also counts one error.
+ *     `requests` counts every request to a billed endpoint (chat, completions, embeddings,
+ *     responses) under the key it presented (`""` when none), rejected ones included.
+ *     `connections` counts TCP connections, each attributed to the key of its first /v1
+ *     request; totals.connections counts every accepted connection (also those that only call /mock/ endpoints).
+ *
+ * Directives: `[[mock:k=v,...]]` anywhere in the prompt text (first one found wins) with keys
+ * chunks, delay_ms, first_byte_delay_ms, status, cut_after, usage. They override, field by
+ * field, the global config set with POST /mock/config, which overrides the command line.
+ * status=0 or 200 means "no fault".
+ *
+ * Privacy: the mock logs method, path, status, model, key suffix and counts only; buffers
+ * that held request or answer text are wiped before being freed.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+#include <uv.h>
+#include <yajl/yajl_tree.h>
+
+#define H2O_USE_LIBUV 1
+#include <h2o.h>
+
+#define MOCK_MAX_BODY (64u * 1024 * 1024)
+#define MOCK_MAX_CHUNKS 100000
+#define MOCK_MAX_DELAY_MS 600000
+#define MOCK_MAX_KEYS 4096
+#define MOCK_KEY_SLOTS 8192 /* open addressing, at most half full */
+#define MOCK_MAX_KEY_LEN 256
+#define MOCK_RING 256
+#define MOCK_CONN_BUCKETS 4096
+#define MOCK_MAX_MODELS 64
+#define MOCK_MODEL_LEN 128
+#define MOCK_BATCH_BYTES 16384 /* undelayed streams: tokens per h2o_send up to this size */
+#define MOCK_EMBED_DIM 8
+#define MOCK_MAX_EMBED_INPUTS 4096
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---------- growable byte buffer (owned data, wiped when grown or freed) ---------- */
+
+struct sbuf {
+    char *data; /* owned, malloc'd */
+    size_t len;
+    size_t cap;
+};
+
+static void sb_reserve(struct sbuf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 512;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = malloc(cap);
+    if (p == NULL) {
+        fputs("mockprovider: out of memory\n", stderr);
+        abort();
+    }
+    if (b->data != NULL) {
+        memcpy(p, b->data, b->len);
+        explicit_bzero(b->data, b->cap);
+        free(b->data);
+    }
+    b->data = p;
+    b->cap = cap;
+}
+
+static void sb_free(struct sbuf *b)
+{
+    if (b->data != NULL) {
+        explicit_bzero(b->data, b->cap);
+        free(b->data);
+    }
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+    sb_reserve(b, n);
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_adds(struct sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->data ? b->data + b->len : NULL, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= b->cap - b->len) {
+        sb_reserve(b, (size_t)n + 1);
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
+}
+
+/* JSON string body (no quotes) with the escapes RFC 8259 requires. */
+static void sb_json_escape(struct sbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    sb_reserve(b, n + 2);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_add(b, e, 2);
+        } else if (c == '\n') {
+            sb_add(b, "\\n", 2);
+        } else if (c == '\r') {
+            sb_add(b, "\\r", 2);
+        } else if (c == '\t') {
+            sb_add(b, "\\t", 2);
+        } else if (c < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            sb_add(b, e, 6);
+        } else {
+            sb_reserve(b, 1);
+            b->data[b->len++] = (char)c;
+        }
+    }
+}
+
+static void sb_json_str(struct sbuf *b, const char *s, size_t n)
+{
+    sb_add(b, "\"", 1);
+    sb_json_escape(b, s, n);
+    sb_add(b, "\"", 1);
+}
+
+/* ---------- configuration and state ---------- */
+
+/* A set of optional fault/shape overrides: command-line defaults < global config < directive. */
+struct mock_overrides {
+    int has_chunks, has_delay, has_first_byte_delay, has_status, has_cut_after, has_usage;
+    long chunks, delay_ms, first_byte_delay_ms, status, cut_after, usage;
+};
+
+enum mock_api { API_CHAT, API_COMPLETIONS, API_EMBEDDINGS, API_RESPONSES, API_MODELS, API_NONE };
+
+struct key_stats {
+    int used;
+    size_t key_len;
+    char key[MOCK_MAX_KEY_LEN + 1];
+    uint64_t requests, input_tokens, output_tokens, connections, errors;
+};
+
+struct request_record {
+    char path[64];
+    char model[MOCK_MODEL_LEN + 1];
+    int stream;           /* 0/1 */
+    int include_usage;    /* -1 null, 0, 1 */
+    int store;            /* -1 null, 0, 1 */
+    long long max_tokens; /* -1 null */
+    char key_suffix[5];
+    int status;
+};
+
+/* One accepted TCP connection; the uv handle is first so the close callback can free it. */
+struct conn_record {
+    uv_tcp_t tcp;
+    h2o_socket_t *sock; /* owned by h2o */
+    struct conn_record *next;
+    int attributed;
+};
+
+struct mock_server {
+    uv_loop_t *loop;
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    uv_tcp_t listener;
+    uv_signal_t sigterm, sigint;
+    SSL_CTX *ssl_ctx; /* owned, NULL for cleartext */
+
+    /* command line */
+    char *keys[MOCK_MAX_KEYS]; /* owned strings; NULL-terminated when --keys given */
+    size_t key_count;
+    int keys_given;
+    long chunks, chunk_delay_ms;
+    char *models[MOCK_MAX_MODELS]; /* owned */
+    size_t model_count;
+    const char *reply_text; /* argv, not owned */
+    size_t reply_text_len;
+    int quiet;
+
+    /* runtime */
+    struct mock_overrides global;
+    uint64_t id_base, id_counter;
+    uint64_t stats_generation;   /* bumped by /mock/reset; streams from before stop counting */
+    struct key_stats *key_slots; /* owned, MOCK_KEY_SLOTS + 1 (the last is the overflow slot) */
+    size_t keys_used;
+    uint64_t total_connections;
+    struct request_record ring[MOCK_RING];
+    size_t ring_next, ring_count;
+    struct conn_record *conn_buckets[MOCK_CONN_BUCKETS];
+    struct sbuf scratch; /* reused to build plain answers before they are copied to the pool */
+};
+
+struct mock_handler {
+    h2o_handler_t super;
+    struct mock_server *server; /* not owned */
+};
+
+/* Everything the answer depends on, decided from the request before anything is sent. */
+struct mock_plan {
+    enum mock_api api;
+    char model[MOCK_MODEL_LEN + 1];
+    int stream;
+    int include_usage;    /* -1 absent */
+    int store;            /* -1 absent */
+    long long max_tokens; /* -1 absent */
+    uint64_t prompt_tokens;
+    unsigned chunks;                               /* C, after the max_tokens cap */
+    int truncated;                                 /* capped by max_tokens */
+    long delay_ms, first_byte_delay_ms, cut_after; /* cut_after -1: none */
+    int status;                                    /* 0: success */
+    int usage;                                     /* include usage in the answer */
+    char id[48], item_id[48];
+    long long created;
+    size_t key_index;
+};
+
+enum { PH_START, PH_HEAD, PH_TOKENS, PH_TAIL, PH_CUT, PH_DONE };
+
+/* A delayed or streamed answer. Heap-allocated; released only from the pool's dispose. */
+struct mock_stream {
+    h2o_generator_t generator;
+    struct mock_server *srv; /* not owned */
+    h2o_req_t *req;          /* NULL once the request is disposed */
+    uv_timer_t timer;
+    struct mock_plan plan;
+    struct sbuf out;  /* bytes handed to h2o; untouched until the next proceed */
+    struct sbuf head; /* common prefix of every chunk object */
+    int phase;
+    unsigned next_token; /* 1-based */
+    unsigned seq;        /* responses sequence_number */
+    uint64_t generation;
+};
+
+/* ---------- small helpers ---------- */
+
+static int iov_is(h2o_iovec_t v, const char *s)
+{
+    size_t n = strlen(s);
+    return v.len == n && memcmp(v.base, s, n) == 0;
+}
+
+static uint64_t fnv1a(const void *data, size_t n, uint64_t h)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+/* OpenAI-shaped error body for a status; message is a fixed text, never request content. */
+static void build_error(struct sbuf *b, int status, const char *message)
+{
+    const char *type = "invalid_request_error", *code = "invalid_request";
+    switch (status) {
+    case 400:
+        break;
+    case 401:
+        code = "invalid_api_key";
+        if (message == NULL)
+            message = "Incorrect API key provided";
+        break;
+    case 403:
+        type = "permission_error";
+        code = "permission_denied";
+        break;
+    case 404:
+        code = "not_found";
+        break;
+    case 408:
+        type = "timeout_error";
+        code = "timeout";
+        break;
+    case 429:
+        type = "requests";
+        code = "rate_limit_exceeded";
+        if (message == NULL)
+            message = "Rate limit reached for requests (mock)";
+        break;
+    case 500:
+        type = "server_error";
+        code = "server_error";
+        if (message == NULL)
+            message = "The server had an error while processing your request (mock)";
+        break;
+    case 502:
+        type = "server_error";
+        code = "bad_gateway";
+        break;
+    case 503:
+        type = "server_error";
+        code = "service_unavailable";
+        if (message == NULL)
+            message = "The engine is currently overloaded (mock)";
+        break;
+    default:
+        if (status >= 500) {
+            type = "server_error";
+            code = "server_error";
+        }
+        break;
+    }
+    if (message == NULL)
+        message = status_reason(status);
+    sb_adds(b, "{\"error\":{\"message\":");
+    sb_json_str(b, message, strlen(message));
+    sb_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}", type, code);
+}
+
+static void add_header(h2o_req_t *req, const h2o_token_t *token, const char *value)
+{
+    h2o_add_header(&req->pool, &req->res.headers, token, NULL, value, strlen(value));
+}
+
+static h2o_generator_t plain_generator = {NULL, NULL};
+
+/* Send a complete JSON answer, copied into the request pool (lives until h2o is done). */
+static int send_json(h2o_req_t *req, int status, const char *body, size_t len)
+{
+    req->res.status = status;
+    req->res.reason = status_reason(status);
+    add_header(req, H2O_TOKEN_CONTENT_TYPE, "application/json");
+    if (status == 429)
+        add_header(req, H2O_TOKEN_RETRY_AFTER, "1");
+    req->res.content_length = len;
+    char *copy = h2o_mem_alloc_pool(&req->pool, len + 1);
+    memcpy(copy, body, len);
+    h2o_iovec_t buf = h2o_iovec_init(copy, len);
+    h2o_start_response(req, &plain_generator);
+    h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
+    return 0;
+}
+
+static int send_error(struct mock_server *srv, h2o_req_t *req, int status, const char *message)
+{
+    srv->scratch.len = 0;
+    build_error(&srv->scratch, status, message);
+    return send_json(req, status, srv->scratch.data, srv->scratch.len);
+}
+
+/* ---------- stats ---------- */
+
+static size_t key_index_get(struct mock_server *srv, const char *key, size_t len)
+{
+    if (len > MOCK_MAX_KEY_LEN)
+        len = MOCK_MAX_KEY_LEN;
+    size_t slot = fnv1a(key, len, 14695981039346656037ull) & (MOCK_KEY_SLOTS - 1);
+    for (;;) {
+        struct key_stats *ks = &srv->key_slots[slot];
+        if (!ks->used)
+            break;
+        if (ks->key_len == len && memcmp(ks->key, key, len) == 0)
+            return slot;
+        slot = (slot + 1) & (MOCK_KEY_SLOTS - 1);
+    }
+    if (srv->keys_used >= MOCK_MAX_KEYS) {
+        struct key_stats *ov = &srv->key_slots[MOCK_KEY_SLOTS];
+        if (!ov->used) {
+            ov->used = 1;
+            ov->key_len = strlen("(overflow)");
+            memcpy(ov->key, "(overflow)", ov->key_len + 1);
+        }
+        return MOCK_KEY_SLOTS;
+    }
+    struct key_stats *ks = &srv->key_slots[slot];
+    memset(ks, 0, sizeof(*ks));
+    ks->used = 1;
+    ks->key_len = len;
+    memcpy(ks->key, key, len);
+    ks->key[len] = '\0';
+    srv->keys_used++;
+    return slot;
+}
+
+static void stats_add(struct mock_server *srv, size_t key_index, uint64_t generation, uint64_t in, uint64_t out,
+                      int error)
+{
+    if (generation != srv->stats_generation)
+        return;
+    struct key_stats *ks = &srv->key_slots[key_index];
+    ks->input_tokens += in;
+    ks->output_tokens += out;
+    if (error)
+        ks->errors++;
+}
+
+static void stats_reset(struct mock_server *srv)
+{
+    memset(srv->key_slots, 0, sizeof(struct key_stats) * (MOCK_KEY_SLOTS + 1));
+    srv->keys_used = 0;
+    srv->total_connections = 0;
+    srv->ring_next = srv->ring_count = 0;
+    memset(&srv->global, 0, sizeof(srv->global));
+    srv->stats_generation++;
+}
+
+static void record_request(struct mock_server *srv, h2o_req_t *req, const struct mock_plan *plan, const char *key,
+                           size_t key_len, int status)
+{
+    struct request_record *r = &srv->ring[srv->ring_next];
+    srv->ring_next = (srv->ring_next + 1) % MOCK_RING;
+    if (srv->ring_count < MOCK_RING)
+        srv->ring_count++;
+    memset(r, 0, sizeof(*r));
+    size_t n = req->path_normalized.len < sizeof(r->path) - 1 ? req->path_normalized.len : sizeof(r->path) - 1;
+    memcpy(r->path, req->path_normalized.base, n);
+    r->include_usage = -1;
+    r->store = -1;
+    r->max_tokens = -1;
+    if (plan != NULL) {
+        snprintf(r->model, sizeof(r->model), "%s", plan->model);
+        r->stream = plan->stream;
+        r->include_usage = plan->include_usage;
+        r->store = plan->store;
+        r->max_tokens = plan->max_tokens;
+    }
+    size_t start = key_len > 4 ? key_len - 4 : 0;
+    memcpy(r->key_suffix, key + start, key_len - start);
+    r->status = status;
+    if (!srv->quiet)
+        fprintf(stderr, "mockprovider: %.*s %s status=%d key=...%s model=%s stream=%d\n", (int)req->method.len,
+                req->method.base, r->path, status, r->key_suffix, r->model, r->stream);
+}
+
+/* ---------- connection tracking ---------- */
+
+static size_t conn_bucket(const void *sock)
+{
+    uintptr_t p = (uintptr_t)sock;
+    return (size_t)((p >> 4) ^ (p >> 16)) & (MOCK_CONN_BUCKETS - 1);
+}
+
+static void on_conn_closed(uv_handle_t *handle)
+{
+    struct conn_record *rec = (struct conn_record *)handle;
+    struct mock_server *srv = handle->loop->data;
+    if (rec->sock != NULL) {
+        struct conn_record **pp = &srv->conn_buckets[conn_bucket(rec->sock)];
+        while (*pp != NULL && *pp != rec)
+            pp = &(*pp)->next;
+        if (*pp == rec)
+            *pp = rec->next;
+    }
+    free(rec);
+}
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+    struct mock_server *srv = listener->data;
+    if (status != 0)
+        return;
+    struct conn_record *rec = calloc(1, sizeof(*rec));
+    if (rec == NULL)
+        return;
+    uv_tcp_init(listener->loop, &rec->tcp);
+    if (uv_accept(listener, (uv_stream_t *)&rec->tcp) != 0) {
+        uv_close((uv_handle_t *)&rec->tcp, on_conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&rec->tcp, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&rec->tcp, on_conn_closed);
+    rec->sock = sock;
+    size_t b = conn_bucket(sock);
+    rec->next = srv->conn_buckets[b];
+    srv->conn_buckets[b] = rec;
+    srv->total_connections++;
+    h2o_accept(&srv->accept_ctx, sock);
+}
+
+static void attribute_connection(struct mock_server *srv, h2o_req_t *req, size_t key_index)
+{
+    if (req->conn->callbacks->get_socket == NULL)
+        return;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL)
+        return;
+    for (struct conn_record *rec = srv->conn_buckets[conn_bucket(sock)]; rec != NULL; rec = rec->next) {
+        if (rec->sock == sock) {
+            if (!rec->attributed) {
+                rec->attributed = 1;
+                srv->key_slots[key_index].connections++;
+            }
+            return;
+        }
+    }
+}
+
+/* ---------- request scanning: prompt bytes and directives ---------- */
+
+struct prompt_scan {
+    uint64_t bytes;
+    int found_directive;
+    struct mock_overrides directive;
+};
+
+static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
+{
+    /* s points just after "[[mock:"; the directive ends at "]]" (bounded to 256 bytes) */
+    char text[257];
+    size_t len = 0;
+    while (len < n && len < sizeof(text) - 1 && !(s[len] == ']' && len + 1 < n && s[len + 1] == ']'))
+        len++;
+    memcpy(text, s, len);
+    text[len] = '\0';
+    char *save = NULL;
+    for (char *item = strtok_r(text, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            item++;
+        char *eq = strchr(item, '=');
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        char *end = eq;
+        while (end > item && end[-1] == ' ')
+            *--end = '\0';
+        char *vend = NULL;
+        long v = strtol(eq + 1, &vend, 10);
+        if (vend == eq + 1)
+            continue;
+        if (strcmp(item, "chunks") == 0) {
+            o->has_chunks = 1;
+            o->chunks = v;
+        } else if (strcmp(item, "delay_ms") == 0 || strcmp(item, "chunk_delay_ms") == 0) {
+            o->has_delay = 1;
+            o->delay_ms = v;
+        } else if (strcmp(item, "first_byte_delay_ms") == 0) {
+            o->has_first_byte_delay = 1;
+            o->first_byte_delay_ms = v;
+        } else if (strcmp(item, "status") == 0) {
+            o->has_status = 1;
+            o->status = v;
+        } else if (strcmp(item, "cut_after") == 0) {
+            o->has_cut_after = 1;
+            o->cut_after = v;
+        } else if (strcmp(item, "usage") == 0) {
+            o->has_usage = 1;
+            o->usage = v;
+        }
+    }
+}
+
+static void scan_string(struct prompt_scan *ps, const char *s)
+{
+    if (s == NULL)
+        return;
+    size_t n = strlen(s);
+    ps->bytes += n;
+    if (!ps->found_directive) {
+        const char *d = memmem(s, n, "[[mock:", 7);
+        if (d != NULL) {
+            ps->found_directive = 1;
+            parse_directive(&ps->directive, d + 7, n - (size_t)(d + 7 - s));
+        }
+    }
+}
+
+static yajl_val obj_get(yajl_val obj, const char *key)
+{
+    if (!YAJL_IS_OBJECT(obj))
+        return NULL;
+    for (size_t i = 0; i < obj->u.object.len; i++)
+        if (strcmp(obj->u.object.keys[i], key) == 0)
+            return obj->u.object.values[i];
+    return NULL;
+}
+
+/* A content value: a string, an array of strings / parts / token ids, or an item object. */
+static void scan_content(struct prompt_scan *ps, yajl_val v, int depth)
+{
+    if (v == NULL || depth > 6)
+        return;
+    if (YAJL_IS_STRING(v)) {
+        scan_string(ps, YAJL_GET_STRING(v));
+    } else if (YAJL_IS_NUMBER(v)) {
+        ps->bytes += 4; /* a token id counts as one token */
+    } else if (YAJL_IS_ARRAY(v)) {
+        for (size_t i = 0; i < v->u.array.len; i++)
+            scan_content(ps, v->u.array.values[i], depth + 1);
+    } else if (YAJL_IS_OBJECT(v)) {
+        yajl_val text = obj_get(v, "text");
+        if (YAJL_IS_STRING(text))
+            scan_string(ps, YAJL_GET_STRING(text));
+        scan_content(ps, obj_get(v, "content"), depth + 1);
+    }
+}
+
+static void apply_overrides(struct mock_plan *plan, long *chunks, const struct mock_overrides *o)
+{
+    if (o->has_chunks)
+        *chunks = o->chunks;
+    if (o->has_delay)
+        plan->delay_ms = o->delay_ms;
+    if (o->has_first_byte_delay)
+        plan->first_byte_delay_ms = o->first_byte_delay_ms;
+    if (o->has_status)
+        plan->status = (int)o->status;
+    if (o->has_cut_after)
+        plan->cut_after = o->cut_after;
+    if (o->has_usage)
+        plan->usage = o->usage != 0;
+}
+
+static long clamp_long(long v, long lo, long hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static int get_bool(yajl_val root, const char *key)
+{
+    yajl_val v = obj_get(root, key);
+    if (YAJL_IS_TRUE(v))
+        return 1;
+    if (YAJL_IS_FALSE(v))
+        return 0;
+    return -1;
+}
+
+static long long get_int(yajl_val root, const char *key)
+{
+    yajl_val v = obj_get(root, key);
+    if (YAJL_IS_INTEGER(v))
+        return YAJL_GET_INTEGER(v) < 0 ? 0 : YAJL_GET_INTEGER(v);
+    return -1;
+}
+
+/* Fill the plan from the parsed request. Returns 0, or -EINVAL with a fixed message. */
+static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val root, const char **message)
+{
+    yajl_val model = obj_get(root, "model");
+    if (!YAJL_IS_STRING(model) || YAJL_GET_STRING(model)[0] == '\0') {
+        *message = "you must provide a model parameter";
+        return -EINVAL;
+    }
+    snprintf(plan->model, sizeof(plan->model), "%s", YAJL_GET_STRING(model));
+    plan->stream = plan->api != API_EMBEDDINGS && get_bool(root, "stream") == 1;
+    yajl_val so = obj_get(root, "stream_options");
+    plan->include_usage = -1;
+    if (YAJL_IS_OBJECT(so)) {
+        plan->include_usage = get_bool(so, "include_usage");
+    }
+    plan->store = get_bool(root, "store");
+    plan->max_tokens = -1;
+    switch (plan->api) {
+    case API_CHAT:
+        plan->max_tokens = get_int(root, "max_completion_tokens");
+        if (plan->max_tokens < 0)
+            plan->max_tokens = get_int(root, "max_tokens");
+        break;
+    case API_COMPLETIONS:
+        plan->max_tokens = get_int(root, "max_tokens");
+        break;
+    case API_RESPONSES:
+        plan->max_tokens = get_int(root, "max_output_tokens");
+        break;
+    default:
+        break;
+    }
+
+    struct prompt_scan ps;
+    memset(&ps, 0, sizeof(ps));
+    yajl_val messages = obj_get(root, "messages");
+    if (YAJL_IS_ARRAY(messages))
+        for (size_t i = 0; i < messages->u.array.len; i++)
+            scan_content(&ps, obj_get(messages->u.array.values[i], "content"), 0);
+    scan_content(&ps, obj_get(root, "prompt"), 0);
+    scan_content(&ps, obj_get(root, "input"), 0);
+    yajl_val instructions = obj_get(root, "instructions");
+    if (YAJL_IS_STRING(instructions))
+        scan_string(&ps, YAJL_GET_STRING(instructions));
+    plan->prompt_tokens = ps.bytes == 0 ? 1 : (ps.bytes + 3) / 4;
+
+    long chunks = srv->chunks;
+    plan->delay_ms = srv->chunk_delay_ms;
+    plan->first_byte_delay_ms = 0;
+    plan->status = 0;
+    plan->cut_after = -1;
+    plan->usage = 1;
+    apply_overrides(plan, &chunks, &srv->global);
+    if (ps.found_directive)
+        apply_overrides(plan, &chunks, &ps.directive);
+    chunks = clamp_long(chunks, 0, MOCK_MAX_CHUNKS);
+    plan->delay_ms = clamp_long(plan->delay_ms, 0, MOCK_MAX_DELAY_MS);
+    plan->first_byte_delay_ms = clamp_long(plan->first_byte_delay_ms, 0, MOCK_MAX_DELAY_MS);
+    if (plan->status == 200 || plan->status < 0)
+        plan->status = 0;
+    if (plan->status != 0 && (plan->status < 400 || plan->status > 599))
+        plan->status = 500;
+    if (plan->cut_after < 0)
+        plan->cut_after = -1;
+    plan->truncated = 0;
+    if (plan->api == API_EMBEDDINGS) {
+        chunks = 0;
+    } else if (plan->max_tokens >= 0 && plan->max_tokens < chunks) {
+        chunks = (long)plan->max_tokens;
+        plan->truncated = 1;
+    }
+    plan->chunks = (unsigned)chunks;
+    return 0;
+}
+
+/* ---------- answer builders ---------- */
+
+/* Token i's text, JSON-escaped, without quotes. */
+static void append_token_escaped(struct sbuf *b, const struct mock_server *srv, unsigned i)
+{
+    if (i == 1 && srv->reply_text != NULL)
+        sb_json_escape(b, srv->reply_text, srv->reply_text_len);
+    else
+        sb_printf(b, " tok%u", i);
+}
+
+static void append_full_text(struct sbuf *b, const struct mock_server *srv, unsigned count)
+{
+    sb_add(b, "\"", 1);
+    for (unsigned i = 1; i <= count; i++)
+        append_token_escaped(b, srv, i);
+    sb_add(b, "\"", 1);
+}
+
+static void append_chat_usage(struct sbuf *b, uint64_t p, uint64_t c)
+{
+    sb_printf(
+        b,
+        "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64
+        ",\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}",
+        p, c, p + c);
+}
+
+static void append_responses_usage(struct sbuf *b, uint64_t p, uint64_t c)
+{
+    sb_printf(b,
+              "{\"input_tokens\":%" PRIu64 ",\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":%" PRIu64
+              ",\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":%" PRIu64 "}",
+              p, c, p + c);
+}
+
+static const char *finish_reason(const struct mock_plan *plan)
+{
+    return plan->truncated ? "length" : "stop";
+}
+
+static void append_output_item(struct sbuf *b, const struct mock_server *srv, const struct mock_plan *plan,
+                               const char *status, int with_text)
+{
+    sb_printf(b, "{\"id\":\"%s\",\"type\":\"message\",\"status\":\"%s\",\"role\":\"assistant\",\"content\":[",
+              plan->item_id, status);
+    if (with_text) {
+        sb_adds(b, "{\"type\":\"output_text\",\"annotations\":[],\"text\":");
+        append_full_text(b, srv, plan->chunks);
+        sb_adds(b, "}");
+    }
+    sb_adds(b, "]}");
+}
+
+/* The responses API `response` object; final = 0 gives the in-progress shape. */
+static void append_response_object(struct sbuf *b, const struct mock_server *srv, const struct mock_plan *plan,
+                                   int final)
+{
+    const char *status = !final ? "in_progress" : plan->truncated ? "incomplete" : "completed";
+    sb_printf(b, "{\"id\":\"%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"error\":null,",
+              plan->id, plan->created, status);
+    if (final && plan->truncated)
+        sb_adds(b, "\"incomplete_details\":{\"reason\":\"max_output_tokens\"},");
+    else
+        sb_adds(b, "\"incomplete_details\":null,");
+    sb_adds(b, "\"instructions\":null,");
+    if (plan->max_tokens >= 0)
+        sb_printf(b, "\"max_output_tokens\":%lld,", plan->max_tokens);
+    else
+        sb_adds(b, "\"max_output_tokens\":null,");
+    sb_adds(b, "\"model\":");
+    sb_json_str(b, plan->model, strlen(plan->model));
+    sb_adds(b, ",\"output\":[");
+    if (final)
+        append_output_item(b, srv, plan, plan->truncated ? "incomplete" : "completed", 1);
+    sb_printf(b,
+              "],\"parallel_tool_calls\":true,\"previous_response_id\":null,\"store\":%s,\"temperature\":1.0,"
+              "\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":1.0,"
+              "\"truncation\":\"disabled\",\"metadata\":{}",
+              plan->store == 0 ? "false" : "true");
+    if (plan->usage) {
+        sb_adds(b, ",\"usage\":");
+        if (final)
+            append_responses_usage(b, plan->prompt_tokens, plan->chunks);
+        else
+            sb_adds(b, "null");
+    }
+    sb_adds(b, "}");
+}
+
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static void append_base64(struct sbuf *b, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+        char o[4] = {b64chars[(v >> 18) & 63], b64chars[(v >> 12) & 63], i + 1 < n ? b64chars[(v >> 6) & 63] : '=',
+                     i + 2 < n ? b64chars[v & 63] : '='};
+        sb_add(b, o, 4);
+    }
+}
+
+static uint64_t embed_seed(yajl_val v, int depth)
+{
+    uint64_t h = 14695981039346656037ull;
+    if (YAJL_IS_STRING(v)) {
+        const char *s = YAJL_GET_STRING(v);
+        h = fnv1a(s, strlen(s), h);
+    } else if (YAJL_IS_INTEGER(v)) {
+        long long x = YAJL_GET_INTEGER(v);
+        h = fnv1a(&x, sizeof(x), h);
+    } else if (YAJL_IS_ARRAY(v) && depth < 2) {
+        for (size_t i = 0; i < v->u.array.len; i++) {
+            uint64_t e = embed_seed(v->u.array.values[i], depth + 1);
+            h = fnv1a(&e, sizeof(e), h);
+        }
+    }
+    return h;
+}
+
+static void append_embedding(struct sbuf *b, size_t index, uint64_t seed, int base64)
+{
+    float values[MOCK_EMBED_DIM];
+    uint64_t x = seed;
+    for (int j = 0; j < MOCK_EMBED_DIM; j++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        values[j] = (float)((double)((x >> 40) & 0xffffff) / 16777216.0 * 2.0 - 1.0);
+        values[j] = roundf(values[j] * 1e6f) / 1e6f;
+    }
+    sb_printf(b, "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":", index ? "," : "", index);
+    if (base64) {
+        unsigned char raw[sizeof(values)];
+        memcpy(raw, values, sizeof(values)); /* little-endian float32, as OpenAI sends */
+        sb_add(b, "\"", 1);
+        append_base64(b, raw, sizeof(raw));
+        sb_add(b, "\"", 1);
+    } else {
+        sb_add(b, "[", 1);
+        for (int j = 0; j < MOCK_EMBED_DIM; j++)
+            sb_printf(b, "%s%.6f", j ? "," : "", (double)values[j]);
+        sb_add(b, "]", 1);
+    }
+    sb_add(b, "}", 1);
+}
+
+/* The complete non-stream answer for a successful plan. */
+static void build_plain_answer(struct sbuf *b, const struct mock_server *srv, const struct mock_plan *plan,
+                               yajl_val root)
+{
+    switch (plan->api) {
+    case API_CHAT:
+        sb_printf(b, "{\"id\":\"%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":", plan->id,
+                  plan->created);
+        sb_json_str(b, plan->model, strlen(plan->model));
+        sb_adds(b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        append_full_text(b, srv, plan->chunks);
+        sb_printf(b, ",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish_reason(plan));
+        if (plan->usage) {
+            sb_adds(b, ",\"usage\":");
+            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+        }
+        sb_adds(b, ",\"system_fingerprint\":null}");
+        break;
+    case API_COMPLETIONS:
+        sb_printf(b, "{\"id\":\"%s\",\"object\":\"text_completion\",\"created\":%lld,\"model\":", plan->id,
+                  plan->created);
+        sb_json_str(b, plan->model, strlen(plan->model));
+        sb_adds(b, ",\"choices\":[{\"text\":");
+        append_full_text(b, srv, plan->chunks);
+        sb_printf(b, ",\"index\":0,\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish_reason(plan));
+        if (plan->usage) {
+            sb_adds(b, ",\"usage\":");
+            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+        }
+        sb_adds(b, "}");
+        break;
+    case API_RESPONSES:
+        append_response_object(b, srv, plan, 1);
+        break;
+    case API_EMBEDDINGS: {
+        yajl_val input = obj_get(root, "input");
+        yajl_val fmt = obj_get(root, "encoding_format");
+        const char *fmt_text = YAJL_IS_STRING(fmt) ? YAJL_GET_STRING(fmt) : NULL;
+        int base64 = fmt_text != NULL && strcmp(fmt_text, "base64") == 0;
+        sb_adds(b, "{\"object\":\"list\",\"data\":[");
+        if (YAJL_IS_ARRAY(input) && input->u.array.len > 0 && !YAJL_IS_NUMBER(input->u.array.values[0])) {
+            size_t n = input->u.array.len < MOCK_MAX_EMBED_INPUTS ? input->u.array.len : MOCK_MAX_EMBED_INPUTS;
+            for (size_t i = 0; i < n; i++)
+                append_embedding(b, i, embed_seed(input->u.array.values[i], 0), base64);
+        } else {
+            append_embedding(b, 0, embed_seed(input, 0), base64);
+        }
+        sb_adds(b, "],\"model\":");
+        sb_json_str(b, plan->model, strlen(plan->model));
+        if (plan->usage)
+            sb_printf(b, ",\"usage\":{\"prompt_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64 "}", plan->prompt_tokens,
+                      plan->prompt_tokens);
+        sb_adds(b, "}");
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* ---------- streams ---------- */
+
+static unsigned stream_token_limit(const struct mock_stream *s)
+{
+    if (s->plan.cut_after >= 0 && (unsigned long)s->plan.cut_after < s->plan.chunks)
+        return (unsigned)s->plan.cut_after;
+    return s->plan.chunks;
+}
+
+static void stream_usage_null(struct mock_stream *s)
+{
+    if (s->plan.include_usage == 1 && s->plan.usage)
+        sb_adds(&s->out, ",\"usage\":null");
+}
+
+static void responses_event_begin(struct mock_stream *s, const char *type)
+{
+    sb_printf(&s->out, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":%u", type, type, s->seq++);
+}
+
+static void responses_item_ref(struct mock_stream *s)
+{
+    sb_printf(&s->out, ",\"item_id\":\"%s\",\"output_index\":0,\"content_index\":0", s->plan.item_id);
+}
+
+static void stream_append_head(struct mock_stream *s)
+{
+    struct sbuf *b = &s->out;
+    switch (s->plan.api) {
+    case API_CHAT:
+        sb_adds(b, "data: ");
+        sb_add(b, s->head.data, s->head.len);
+        sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},"
+                   "\"logprobs\":null,\"finish_reason\":null}]");
+        stream_usage_null(s);
+        sb_adds(b, "}\n\n");
+        break;
+    case API_RESPONSES:
+        responses_event_begin(s, "response.created");
+        sb_adds(b, ",\"response\":");
+        append_response_object(b, s->srv, &s->plan, 0);
+        sb_adds(b, "}\n\n");
+        responses_event_begin(s, "response.in_progress");
+        sb_adds(b, ",\"response\":");
+        append_response_object(b, s->srv, &s->plan, 0);
+        sb_adds(b, "}\n\n");
+        responses_event_begin(s, "response.output_item.added");
+        sb_adds(b, ",\"output_index\":0,\"item\":");
+        append_output_item(b, s->srv, &s->plan, "in_progress", 0);
+        sb_adds(b, "}\n\n");
+        responses_event_begin(s, "response.content_part.added");
+        responses_item_ref(s);
+        sb_adds(b, ",\"part\":{\"type\":\"output_text\",\"annotations\":[],\"text\":\"\"}}\n\n");
+        break;
+    default: /* legacy completions stream has no head chunk */
+        break;
+    }
+}
+
+static void stream_append_token(struct mock_stream *s, unsigned i)
+{
+    struct sbuf *b = &s->out;
+    switch (s->plan.api) {
+    case API_CHAT:
+        sb_adds(b, "data: ");
+        sb_add(b, s->head.data, s->head.len);
+        sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
+        append_token_escaped(b, s->srv, i);
+        sb_adds(b, "\"},\"logprobs\":null,\"finish_reason\":null}]");
+        stream_usage_null(s);
+        sb_adds(b, "}\n\n");
+        break;
+    case API_COMPLETIONS:
+        sb_adds(b, "data: ");
+        sb_add(b, s->head.data, s->head.len);
+        sb_adds(b, "\"choices\":[{\"text\":\"");
+        append_token_escaped(b, s->srv, i);
+        sb_adds(b, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]");
+        stream_usage_null(s);
+        sb_adds(b, "}\n\n");
+        break;
+    case API_RESPONSES:
+        responses_event_begin(s, "response.output_text.delta");
+        responses_item_ref(s);
+        sb_adds(b, ",\"delta\":\"");
+        append_token_escaped(b, s->srv, i);
+        sb_adds(b, "\",\"logprobs\":[]}\n\n");
+        break;
+    default:
+        break;
+    }
+}
+
+static void stream_append_tail(struct mock_stream *s)
+{
+    struct sbuf *b = &s->out;
+    const struct mock_plan *plan = &s->plan;
+    switch (plan->api) {
+    case API_CHAT:
+    case API_COMPLETIONS:
+        sb_adds(b, "data: ");
+        sb_add(b, s->head.data, s->head.len);
+        if (plan->api == API_CHAT)
+            sb_printf(b, "\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\"}]",
+                      finish_reason(plan));
+        else
+            sb_printf(b, "\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"%s\"}]",
+                      finish_reason(plan));
+        stream_usage_null(s);
+        sb_adds(b, "}\n\n");
+        if (plan->include_usage == 1 && plan->usage) {
+            sb_adds(b, "data: ");
+            sb_add(b, s->head.data, s->head.len);
+            sb_adds(b, "\"choices\":[],\"usage\":");
+            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+            sb_adds(b, "}\n\n");
+        }
+        sb_adds(b, "data: [DONE]\n\n");
+        break;
+    case API_RESPONSES: {
+        const char *item_status = plan->truncated ? "incomplete" : "completed";
+        responses_event_begin(s, "response.output_text.done");
+        responses_item_ref(s);
+        sb_adds(b, ",\"text\":");
+        append_full_text(b, s->srv, plan->chunks);
+        sb_adds(b, ",\"logprobs\":[]}\n\n");
+        responses_event_begin(s, "response.content_part.done");
+        responses_item_ref(s);
+        sb_adds(b, ",\"part\":{\"type\":\"output_text\",\"annotations\":[],\"text\":");
+        append_full_text(b, s->srv, plan->chunks);
+        sb_adds(b, "}}\n\n");
+        responses_event_begin(s, "response.output_item.done");
+        sb_adds(b, ",\"output_index\":0,\"item\":");
+        append_output_item(b, s->srv, plan, item_status, 1);
+        sb_adds(b, "}\n\n");
+        responses_event_begin(s, plan->truncated ? "response.incomplete" : "response.completed");
+        sb_adds(b, ",\"response\":");
+        append_response_object(b, s->srv, plan, 1);
+        sb_adds(b, "}\n\n");
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* Build and hand to h2o the next piece of the stream: exactly one h2o_send per call. */
+static void stream_step(struct mock_stream *s)
+{
+    h2o_send_state_t state = H2O_SEND_STATE_IN_PROGRESS;
+    unsigned limit = stream_token_limit(s);
+    s->out.len = 0; /* h2o is done with the previous bytes: we were proceeded */
+    if (s->phase == PH_HEAD) {
+        stream_append_head(s);
+        s->phase = PH_TOKENS;
+        if (s->plan.delay_ms > 0 && s->next_token <= limit && s->out.len > 0)
+            goto send;
+    }
+    while (s->phase == PH_TOKENS) {
+        if (s->next_token > limit) {
+            s->phase = limit < s->plan.chunks ? PH_CUT : PH_TAIL;
+            break;
+        }
+        stream_append_token(s, s->next_token++);
+        stats_add(s->srv, s->plan.key_index, s->generation, 0, 1, 0);
+        if (s->plan.delay_ms > 0 || s->out.len >= MOCK_BATCH_BYTES)
+            goto send;
+    }
+    if (s->phase == PH_TAIL) {
+        stream_append_tail(s);
+        state = H2O_SEND_STATE_FINAL;
+        s->phase = PH_DONE;
+    } else if (s->phase == PH_CUT && s->out.len == 0) {
+        /* everything before the cut was delivered: now break the stream abruptly */
+        stats_add(s->srv, s->plan.key_index, s->generation, 0, 0, 1);
+        state = H2O_SEND_STATE_ERROR;
+        s->phase = PH_DONE;
+    }
+send:;
+    h2o_iovec_t buf = h2o_iovec_init(s->out.data, s->out.len);
+    h2o_send(s->req, &buf, s->out.len ? 1 : 0, state);
+}
+
+static void on_stream_timer(uv_timer_t *timer);
+
+static void on_stream_proceed(h2o_generator_t *generator, h2o_req_t *req)
+{
+    (void)req;
+    struct mock_stream *s = container_of(generator, struct mock_stream, generator);
+    if (s->phase == PH_DONE || s->req == NULL)
+        return;
+    if (s->phase == PH_TOKENS && s->plan.delay_ms > 0 && s->next_token <= stream_token_limit(s))
+        uv_timer_start(&s->timer, on_stream_timer, (uint64_t)s->plan.delay_ms, 0);
+    else
+        stream_step(s);
+}
+
+static void on_stream_stop(h2o_generator_t *generator, h2o_req_t *req)
+{
+    (void)req;
+    struct mock_stream *s = container_of(generator, struct mock_stream, generator);
+    s->phase = PH_DONE;
+    uv_timer_stop(&s->timer);
+}
+
+/* Response headers, then either the prebuilt body (plain/error answer) or the stream head. */
+static void stream_start(struct mock_stream *s)
+{
+    h2o_req_t *req = s->req;
+    struct mock_plan *plan = &s->plan;
+    if (!plan->stream || plan->status != 0) {
+        int status = plan->status ? plan->status : 200;
+        req->res.status = status;
+        req->res.reason = status_reason(status);
+        add_header(req, H2O_TOKEN_CONTENT_TYPE, "application/json");
+        if (status == 429)
+            add_header(req, H2O_TOKEN_RETRY_AFTER, "1");
+        req->res.content_length = s->out.len;
+        if (plan->status)
+            stats_add(s->srv, plan->key_index, s->generation, 0, 0, 1);
+        else
+            stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, plan->chunks, 0);
+        s->phase = PH_DONE;
+        h2o_start_response(req, &s->generator);
+        h2o_iovec_t buf = h2o_iovec_init(s->out.data, s->out.len);
+        h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
+        return;
+    }
+    req->res.status = 200;
+    req->res.reason = "OK";
+    add_header(req, H2O_TOKEN_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    add_header(req, H2O_TOKEN_CACHE_CONTROL, "no-cache");
+    stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, 0, 0);
+    h2o_start_response(req, &s->generator);
+    s->phase = PH_HEAD;
+    stream_step(s);
+}
+
+static void on_stream_timer(uv_timer_t *timer)
+{
+    struct mock_stream *s = timer->data;
+    if (s->req == NULL || s->phase == PH_DONE)
+        return;
+    if (s->phase == PH_START)
+        stream_start(s);
+    else
+        stream_step(s);
+}
+
+static void on_stream_closed(uv_handle_t *handle)
+{
+    struct mock_stream *s = handle->data;
+    sb_free(&s->out);
+    sb_free(&s->head);
+    free(s);
+}
+
+static void on_request_disposed(void *p)
+{
+    struct mock_stream *s = *(struct mock_stream **)p;
+    s->req = NULL;
+    s->phase = PH_DONE;
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->timer, on_stream_closed);
+}
+
+/* Take over a request whose answer is delayed or streamed. body: prebuilt plain answer. */
+static int stream_create(struct mock_server *srv, h2o_req_t *req, const struct mock_plan *plan, const struct sbuf *body)
+{
+    struct mock_stream *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return send_error(srv, req, 500, "mock out of memory");
+    s->generator.proceed = on_stream_proceed;
+    s->generator.stop = on_stream_stop;
+    s->srv = srv;
+    s->req = req;
+    s->plan = *plan;
+    s->next_token = 1;
+    s->generation = srv->stats_generation;
+    s->phase = PH_START;
+    uv_timer_init(srv->loop, &s->timer);
+    s->timer.data = s;
+    struct mock_stream **ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), on_request_disposed);
+    *ref = s;
+    if (body != NULL && body->len > 0)
+        sb_add(&s->out, body->data, body->len);
+    if (plan->stream && plan->status == 0) {
+        if (plan->api == API_CHAT)
+            sb_printf(&s->head,
+                      "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":", plan->id,
+                      plan->created);
+        else
+            sb_printf(&s->head, "{\"id\":\"%s\",\"object\":\"text_completion\",\"created\":%lld,\"model\":", plan->id,
+                      plan->created);
+        sb_json_str(&s->head, plan->model, strlen(plan->model));
+        sb_adds(&s->head, ",\"system_fingerprint\":null,");
+    }
+    if (plan->first_byte_delay_ms > 0)
+        uv_timer_start(&s->timer, on_stream_timer, (uint64_t)plan->first_byte_delay_ms, 0);
+    else
+        stream_start(s);
+    return 0;
+}
+
+/* ---------- /v1 endpoints ---------- */
+
+static void new_ids(struct mock_server *srv, struct mock_plan *plan)
+{
+    uint64_t n = ++srv->id_counter;
+    uint64_t mix = srv->id_base ^ (n * 0x9e3779b97f4a7c15ull);
+    const char *prefix = plan->api == API_CHAT ? "chatcmpl-" : plan->api == API_COMPLETIONS ? "cmpl-" : "resp_";
+    snprintf(plan->id, sizeof(plan->id), "%smock%016" PRIx64 "%08" PRIx64, prefix, mix, n & 0xffffffffu);
+    snprintf(plan->item_id, sizeof(plan->item_id), "msg_mock%016" PRIx64 "%08" PRIx64, mix, n & 0xffffffffu);
+    plan->created = (long long)time(NULL);
+}
+
+static int handle_models(struct mock_server *srv, h2o_req_t *req)
+{
+    struct sbuf *b = &srv->scratch;
+    b->len = 0;
+    sb_adds(b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < srv->model_count; i++) {
+        sb_adds(b, i ? ",{\"id\":" : "{\"id\":");
+        sb_json_str(b, srv->models[i], strlen(srv->models[i]));
+        sb_adds(b, ",\"object\":\"model\",\"created\":1700000000,\"owned_by\":\"mock\"}");
+    }
+    sb_adds(b, "]}");
+    return send_json(req, 200, b->data, b->len);
+}
+
+static int key_accepted(const struct mock_server *srv, const char *key, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (!srv->keys_given)
+        return 1;
+    for (size_t i = 0; i < srv->key_count; i++)
+        if (strlen(srv->keys[i]) == len && memcmp(srv->keys[i], key, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api)
+{
+    const char *key = "";
+    size_t key_len = 0;
+    ssize_t hi = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (hi >= 0) {
+        h2o_iovec_t v = req->headers.entries[hi].value;
+        if (v.len >= 7 && strncasecmp(v.base, "Bearer ", 7) == 0) {
+            key = v.base + 7;
+            key_len = v.len - 7;
+            while (key_len > 0 && *key == ' ') {
+                key++;
+                key_len--;
+            }
+        }
+    }
+    size_t ki = key_index_get(srv, key, key_len);
+    attribute_connection(srv, req, ki);
+    int billed = api != API_MODELS;
+    if (billed)
+        srv->key_slots[ki].requests++;
+    int want_post = api != API_MODELS;
+    if (!(want_post ? iov_is(req->method, "POST") : iov_is(req->method, "GET"))) {
+        record_request(srv, req, NULL, key, key_len, 405);
+        if (billed)
+            srv->key_slots[ki].errors++;
+        return send_error(srv, req, 405, "Method not allowed");
+    }
+    if (!key_accepted(srv, key, key_len)) {
+        record_request(srv, req, NULL, key, key_len, 401);
+        if (billed)
+            srv->key_slots[ki].errors++;
+        return send_error(srv, req, 401, NULL);
+    }
+    if (api == API_MODELS) {
+        record_request(srv, req, NULL, key, key_len, 200);
+        return handle_models(srv, req);
+    }
+
+    /* yajl_tree needs a NUL-terminated copy of the body */
+    char errbuf[128];
+    char *text = malloc(req->entity.len + 1);
+    if (text == NULL)
+        return send_error(srv, req, 500, "mock out of memory");
+    if (req->entity.len)
+        memcpy(text, req->entity.base, req->entity.len);
+    text[req->entity.len] = '\0';
+    yajl_val root = req->entity.len ? yajl_tree_parse(text, errbuf, sizeof(errbuf)) : NULL;
+    explicit_bzero(text, req->entity.len + 1);
+    free(text);
+    if (root == NULL || !YAJL_IS_OBJECT(root)) {
+        if (root != NULL)
+            yajl_tree_free(root);
+        record_request(srv, req, NULL, key, key_len, 400);
+        srv->key_slots[ki].errors++;
+        return send_error(srv, req, 400, "We could not parse the JSON body of your request.");
+    }
+
+    struct mock_plan plan;
+    memset(&plan, 0, sizeof(plan));
+    plan.api = api;
+    plan.key_index = ki;
+    const char *message = NULL;
+    if (plan_build(srv, &plan, root, &message) != 0) {
+        yajl_tree_free(root);
+        record_request(srv, req, &plan, key, key_len, 400);
+        srv->key_slots[ki].errors++;
+        return send_error(srv, req, 400, message);
+    }
+    new_ids(srv, &plan);
+    record_request(srv, req, &plan, key, key_len, plan.status ? plan.status : 200);
+
+    struct sbuf *b = &srv->scratch;
+    b->len = 0;
+    if (plan.status != 0)
+        build_error(b, plan.status, NULL);
+    else if (!plan.stream)
+        build_plain_answer(b, srv, &plan, root);
+    yajl_tree_free(root);
+
+    if (plan.stream || plan.first_byte_delay_ms > 0)
+        return stream_create(srv, req, &plan, b);
+    if (plan.status != 0) {
+        srv->key_slots[ki].errors++;
+        return send_json(req, plan.status, b->data, b->len);
+    }
+    srv->key_slots[ki].input_tokens += plan.prompt_tokens;
+    srv->key_slots[ki].output_tokens += plan.chunks;
+    return send_json(req, 200, b->data, b->len);
+}
+
+/* ---------- /mock endpoints ---------- */
+
+static void append_stats(struct mock_server *srv, struct sbuf *b)
+{
+    uint64_t req_total = 0, in_total = 0, out_total = 0, err_total = 0;
+    int first = 1;
+    sb_adds(b, "{\"keys\":{");
+    for (size_t i = 0; i <= MOCK_KEY_SLOTS; i++) {
+        struct key_stats *ks = &srv->key_slots[i];
+        if (!ks->used)
+            continue;
+        if (!first)
+            sb_add(b, ",", 1);
+        first = 0;
+        sb_json_str(b, ks->key, ks->key_len);
+        sb_printf(b,
+                  ":{\"requests\":%" PRIu64 ",\"input_tokens\":%" PRIu64 ",\"output_tokens\":%" PRIu64
+                  ",\"connections\":%" PRIu64 ",\"errors\":%" PRIu64 "}",
+                  ks->requests, ks->input_tokens, ks->output_tokens, ks->connections, ks->errors);
+        req_total += ks->requests;
+        in_total += ks->input_tokens;
+        out_total += ks->output_tokens;
+        err_total += ks->errors;
+    }
+    sb_printf(b,
+              "},\"totals\":{\"requests\":%" PRIu64 ",\"input_tokens\":%" PRIu64 ",\"output_tokens\":%" PRIu64
+              ",\"connections\":%" PRIu64 ",\"errors\":%" PRIu64 "}}",
+              req_total, in_total, out_total, srv->total_connections, err_total);
+}
+
+static void append_tristate(struct sbuf *b, int v)
+{
+    sb_adds(b, v < 0 ? "null" : v ? "true" : "false");
+}
+
+static void append_requests(struct mock_server *srv, struct sbuf *b)
+{
+    sb_add(b, "[", 1);
+    size_t start = (srv->ring_next + MOCK_RING - srv->ring_count) % MOCK_RING;
+    for (size_t k = 0; k < srv->ring_count; k++) {
+        const struct request_record *r = &srv->ring[(start + k) % MOCK_RING];
+        sb_adds(b, k ? ",{\"path\":" : "{\"path\":");
+        sb_json_str(b, r->path, strlen(r->path));
+        sb_adds(b, ",\"model\":");
+        if (r->model[0])
+            sb_json_str(b, r->model, strlen(r->model));
+        else
+            sb_adds(b, "null");
+        sb_printf(b, ",\"stream\":%s,\"include_usage\":", r->stream ? "true" : "false");
+        append_tristate(b, r->include_usage);
+        sb_adds(b, ",\"store\":");
+        append_tristate(b, r->store);
+        if (r->max_tokens >= 0)
+            sb_printf(b, ",\"max_tokens\":%lld", r->max_tokens);
+        else
+            sb_adds(b, ",\"max_tokens\":null");
+        sb_adds(b, ",\"key_suffix\":");
+        sb_json_str(b, r->key_suffix, strlen(r->key_suffix));
+        sb_printf(b, ",\"status\":%d}", r->status);
+    }
+    sb_add(b, "]", 1);
+}
+
+static int parse_config(struct mock_server *srv, h2o_req_t *req)
+{
+    struct mock_overrides o;
+    memset(&o, 0, sizeof(o));
+    if (req->entity.len > 0) {
+        char errbuf[128];
+        char *text = malloc(req->entity.len + 1);
+        if (text == NULL)
+            return -ENOMEM;
+        memcpy(text, req->entity.base, req->entity.len);
+        text[req->entity.len] = '\0';
+        yajl_val root = yajl_tree_parse(text, errbuf, sizeof(errbuf));
+        free(text);
+        if (root == NULL || !YAJL_IS_OBJECT(root)) {
+            yajl_tree_free(root);
+            return -EINVAL;
+        }
+        static const char *names[] = {"chunks", "chunk_delay_ms", "first_byte_delay_ms",
+                                      "status", "cut_after",      "usage"};
+        int *has[] = {&o.has_chunks, &o.has_delay,     &o.has_first_byte_delay,
+                      &o.has_status, &o.has_cut_after, &o.has_usage};
+        long *val[] = {&o.chunks, &o.delay_ms, &o.first_byte_delay_ms, &o.status, &o.cut_after, &o.usage};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            yajl_val v = obj_get(root, names[i]);
+            if (v == NULL && i == 1)
+                v = obj_get(root, "delay_ms");
+            if (YAJL_IS_INTEGER(v)) {
+                *has[i] = 1;
+                *val[i] = (long)YAJL_GET_INTEGER(v);
+            } else if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v)) {
+                *has[i] = 1;
+                *val[i] = YAJL_IS_TRUE(v);
+            }
+        }
+        yajl_tree_free(root);
+    }
+    srv->global = o;
+    return 0;
+}
+
+static int handle_mock(struct mock_server *srv, h2o_req_t *req)
+{
+    struct sbuf *b = &srv->scratch;
+    b->len = 0;
+    h2o_iovec_t path = req->path_normalized;
+    int is_get = iov_is(req->method, "GET"), is_post = iov_is(req->method, "POST");
+    if (iov_is(path, "/mock/stats") && is_get) {
+        append_stats(srv, b);
+    } else if (iov_is(path, "/mock/requests") && is_get) {
+        append_requests(srv, b);
+    } else if (iov_is(path, "/mock/reset") && is_post) {
+        stats_reset(srv);
+        sb_adds(b, "{\"ok\":true}");
+    } else if (iov_is(path, "/mock/config") && is_post) {
+        if (parse_config(srv, req) != 0)
+            return send_error(srv, req, 400, "We could not parse the JSON body of your request.");
+        sb_adds(b, "{\"ok\":true}");
+    } else {
+        return send_error(srv, req, 404, "Unknown mock endpoint");
+    }
+    return send_json(req, 200, b->data, b->len);
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct mock_server *srv = ((struct mock_handler *)self)->server;
+    h2o_iovec_t path = req->path_normalized;
+    if (path.len >= 6 && memcmp(path.base, "/mock/", 6) == 0)
+        return handle_mock(srv, req);
+    enum mock_api api = API_NONE;
+    if (iov_is(path, "/v1/chat/completions"))
+        api = API_CHAT;
+    else if (iov_is(path, "/v1/completions"))
+        api = API_COMPLETIONS;
+    else if (iov_is(path, "/v1/embeddings"))
+        api = API_EMBEDDINGS;
+    else if (iov_is(path, "/v1/responses"))
+        api = API_RESPONSES;
+    else if (iov_is(path, "/v1/models"))
+        api = API_MODELS;
+    if (api == API_NONE) {
+        record_request(srv, req, NULL, "", 0, 404);
+        return send_error(srv, req, 404, "Invalid URL");
+    }
+    return handle_v1(srv, req, api);
+}
+
+/* ---------- startup ---------- */
+
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    (void)handle;
+    (void)signum;
+    fflush(stdout);
+    fflush(stderr);
+    _exit(0);
+}
+
+static size_t split_list(const char *arg, char **out, size_t max)
+{
+    size_t n = 0;
+    const char *p = arg;
+    while (*p && n < max) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len > 0)
+            out[n++] = strndup(p, len);
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return n;
+}
+
+static void usage(void)
+{
+    fputs("usage: mockprovider --listen HOST:PORT [--tls-cert F --tls-key F] [--keys K1,K2] [--chunks N]\n"
+          "                    [--chunk-delay-ms MS] [--model-list m1,m2] [--reply-text TEXT] [--quiet]\n",
+          stderr);
+}
+
+static int parse_listen(const char *arg, struct sockaddr_storage *sa, char *host, size_t host_size)
+{
+    const char *colon = strrchr(arg, ':');
+    if (colon == NULL)
+        return -EINVAL;
+    const char *h = arg;
+    size_t hlen = (size_t)(colon - arg);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= host_size)
+        return -EINVAL;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535)
+        return -EINVAL;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)sa) == 0)
+        return 0;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)sa) == 0)
+        return 0;
+    return -EINVAL;
+}
+
+int main(int argc, char **argv)
+{
+    static struct mock_server server; /* lives for the whole process */
+    struct mock_server *srv = &server;
+    const char *listen_arg = NULL, *cert = NULL, *keyfile = NULL, *keys_arg = NULL, *models_arg = NULL;
+    srv->chunks = 8;
+    srv->chunk_delay_ms = 0;
+
+    static const struct option options[] = {{"listen", required_argument, NULL, 'l'},
+                                            {"tls-cert", required_argument, NULL, 'c'},
+                                            {"tls-key", required_argument, NULL, 'k'},
+                                            {"keys", required_argument, NULL, 'K'},
+                                            {"chunks", required_argument, NULL, 'n'},
+                                            {"chunk-delay-ms", required_argument, NULL, 'd'},
+                                            {"model-list", required_argument, NULL, 'm'},
+                                            {"reply-text", required_argument, NULL, 'r'},
+                                            {"quiet", no_argument, NULL, 'q'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case 'l':
+            listen_arg = optarg;
+            break;
+        case 'c':
+            cert = optarg;
+            break;
+        case 'k':
+            keyfile = optarg;
+            break;
+        case 'K':
+            keys_arg = optarg;
+            break;
+        case 'n':
+            srv->chunks = clamp_long(strtol(optarg, NULL, 10), 0, MOCK_MAX_CHUNKS);
+            break;
+        case 'd':
+            srv->chunk_delay_ms = clamp_long(strtol(optarg, NULL, 10), 0, MOCK_MAX_DELAY_MS);
+            break;
+        case 'm':
+            models_arg = optarg;
+            break;
+        case 'r':
+            srv->reply_text = optarg;
+            srv->reply_text_len = strlen(optarg);
+            break;
+        case 'q':
+            srv->quiet = 1;
+            break;
+        default:
+            usage();
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    struct sockaddr_storage sa;
+    char host[128];
+    if (listen_arg == NULL || parse_listen(listen_arg, &sa, host, sizeof(host)) != 0 ||
+        (cert == NULL) != (keyfile == NULL)) {
+        usage();
+        return 2;
+    }
+    if (keys_arg != NULL) {
+        srv->keys_given = 1;
+        srv->key_count = split_list(keys_arg, srv->keys, MOCK_MAX_KEYS);
+    }
+    srv->model_count =
+        split_list(models_arg ? models_arg : "gpt-4o-mini,gpt-4o,text-embedding-3-small", srv->models, MOCK_MAX_MODELS);
+    srv->key_slots = calloc(MOCK_KEY_SLOTS + 1, sizeof(struct key_stats));
+    if (srv->key_slots == NULL)
+        return 1;
+    srv->id_base = fnv1a(&(uint64_t){(uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32)}, 8, 14695981039346656037ull);
+
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_t *loop = calloc(1, sizeof(*loop));
+    if (loop == NULL || uv_loop_init(loop) != 0)
+        return 1;
+    loop->data = srv;
+    srv->loop = loop;
+
+    if (cert != NULL) {
+        srv->ssl_ctx = SSL_CTX_new(TLS_server_method());
+        SSL_CTX_set_min_proto_version(srv->ssl_ctx, TLS1_2_VERSION);
+        SSL_CTX_set_options(srv->ssl_ctx, SSL_OP_NO_COMPRESSION);
+        SSL_CTX_set_mode(srv->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+        if (SSL_CTX_use_certificate_chain_file(srv->ssl_ctx, cert) != 1 ||
+            SSL_CTX_use_PrivateKey_file(srv->ssl_ctx, keyfile, SSL_FILETYPE_PEM) != 1) {
+            fprintf(stderr, "mockprovider: cannot load the TLS certificate or key\n");
+            return 1;
+        }
+        h2o_ssl_register_alpn_protocols(srv->ssl_ctx, h2o_alpn_protocols);
+    }
+
+    h2o_config_init(&srv->config);
+    srv->config.max_request_entity_size = MOCK_MAX_BODY;
+    h2o_hostconf_t *hostconf = h2o_config_register_host(&srv->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
+    struct mock_handler *handler = (struct mock_handler *)h2o_create_handler(pathconf, sizeof(*handler));
+    handler->super.on_req = on_req;
+    handler->server = srv;
+    h2o_context_init(&srv->ctx, loop, &srv->config);
+    srv->accept_ctx.ctx = &srv->ctx;
+    srv->accept_ctx.hosts = srv->config.hosts;
+    srv->accept_ctx.ssl_ctx = srv->ssl_ctx;
+
+    int r;
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    if ((r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&sa, 0)) != 0 ||
+        (r = uv_listen((uv_stream_t *)&srv->listener, 4096, on_accept)) != 0) {
+        fprintf(stderr, "mockprovider: cannot listen on %s: %s\n", listen_arg, uv_strerror(r));
+        return 1;
+    }
+    struct sockaddr_storage bound;
+    int bound_len = sizeof(bound);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &bound_len);
+    int port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                                           : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+
+    uv_signal_init(loop, &srv->sigterm);
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_init(loop, &srv->sigint);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+
+    if (strchr(host, ':') != NULL)
+        printf("mockprovider listening on [%s]:%d\n", host, port);
+    else
+        printf("mockprovider listening on %s:%d\n", host, port);
+    fflush(stdout);
+    uv_run(loop, UV_RUN_DEFAULT);
+    return 0;
+}
