@@ -66,11 +66,30 @@ class NodeFactory:
         return self.make(name, **kw).start(wait=wait)
 
     def stop_all(self):
+        """Stops every node (SIGTERM); returns what went wrong: a node that did not exit 0
+        or whose stderr holds a sanitizer report."""
+        problems = []
         for n in self.nodes:
+            if n.proc.popen is None:
+                continue
+            was_running = n.running()
             try:
-                n.stop(timeout=10)
+                code = n.stop(timeout=15)
             except Exception:  # noqa: BLE001 - teardown must go on
                 n.kill()
+                code = None
+            if was_running and code != 0:
+                problems.append("node %s exited with %r on SIGTERM" % (n.name, code))
+            err = n.proc.stderr_text()
+            for marker in SANITIZER_MARKERS:
+                if marker in err:
+                    problems.append("node %s: sanitizer report (%s):\n%s"
+                                    % (n.name, marker, harness.tail(n.proc.stderr_path, 6000)))
+                    break
+        return problems
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +98,8 @@ def nodes(workdir, etcd):
     try:
         yield f
     finally:
-        f.stop_all()
+        problems = f.stop_all()
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="module")

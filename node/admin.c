@@ -1818,7 +1818,7 @@ int admin_start(uv_loop_t *loop, const llmrelay_config_t *cfg, config_store_t *s
         admin_stop(a); /* frees a once the loop runs */
         return rc;
     }
-    log_info("admin listening on %s%s", cfg->admin_listen,
+    log_info("admin listening on %s (port %d)%s", cfg->admin_listen, a->port,
              a->has_bootstrap ? "" : " (no bootstrap token: only tokens from etcd are accepted)");
     *out = a;
     return 0;

@@ -737,6 +737,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
         .include_usage = info.stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
         .store_false_by_default = ep->kind == REQJSON_RESPONSES,
         .default_max_output_tokens = 0,
+        .info = &info,
     };
     int ret =
         reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err, sizeof(err));

@@ -15,7 +15,15 @@
 
 #include "node/wipe.h"
 
-typedef enum { ROLE_OTHER, ROLE_ROOT, ROLE_RESPONSE, ROLE_USAGE, ROLE_IN_DETAILS, ROLE_OUT_DETAILS, ROLE_CHOICES } role_t;
+typedef enum {
+    ROLE_OTHER,
+    ROLE_ROOT,
+    ROLE_RESPONSE,
+    ROLE_USAGE,
+    ROLE_IN_DETAILS,
+    ROLE_OUT_DETAILS,
+    ROLE_CHOICES
+} role_t;
 
 typedef enum {
     KEY_NONE,
@@ -40,7 +48,7 @@ typedef struct scan_ctx {
     uint8_t key[USAGE_KEY_DEPTH + 1];  /* current key in the map at each depth */
     usage_t cur;                       /* the usage object being read */
     usage_chunk_t res;
-    int choices; /* 0 no top-level "choices" array, 1 empty, 2 not empty */
+    int choices;            /* 0 no top-level "choices" array, 1 empty, 2 not empty */
     unsigned counted_depth; /* depth of the top-level "choices" or "output" array we are in, or 0 */
 } scan_ctx_t;
 

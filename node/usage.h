@@ -31,9 +31,9 @@
 #define USAGE_MAX_DEPTH 1024 /* deeper JSON is rejected */
 
 typedef struct usage {
-    int64_t input_tokens;        /* includes cached_input_tokens, as the upstream reports it */
+    int64_t input_tokens; /* includes cached_input_tokens, as the upstream reports it */
     int64_t cached_input_tokens;
-    int64_t output_tokens;       /* includes reasoning_tokens */
+    int64_t output_tokens; /* includes reasoning_tokens */
     int64_t reasoning_tokens;
     bool found;
 } usage_t;

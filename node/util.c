@@ -306,8 +306,9 @@ int util_format_rfc3339(int64_t unix_s, char out[32])
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(out, 32, "%04d-%02u-%02uT%02d:%02d:%02dZ", (int)y, m, d, (int)(secs / 3600), (int)(secs / 60 % 60),
-             (int)(secs % 60));
+    /* Ranges are known (y 0..9999, m 1..12, d 1..31, secs 0..86399); the casts tell gcc. */
+    snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02uZ", (unsigned)y % 10000u, m % 100u, d % 100u,
+             (unsigned)(secs / 3600) % 100u, (unsigned)(secs / 60 % 60), (unsigned)(secs % 60));
     return 0;
 }
 

@@ -74,18 +74,19 @@ static void test_inspect_fields(void **state)
     assert_int_equal(info.prompt_bytes, 12);
 
     /* each endpoint reads only its own max field */
-    assert_int_equal(inspect(REQJSON_RESPONSES, "{\"model\":\"m\",\"max_tokens\":5,\"max_output_tokens\":7}", &info, err),
-                     0);
+    assert_int_equal(
+        inspect(REQJSON_RESPONSES, "{\"model\":\"m\",\"max_tokens\":5,\"max_output_tokens\":7}", &info, err), 0);
     assert_int_equal(info.max_output_tokens, 7);
     assert_int_equal(inspect(REQJSON_COMPLETIONS, "{\"model\":\"m\",\"max_output_tokens\":7}", &info, err), 0);
     assert_int_equal(info.max_output_tokens, -1);
-    assert_int_equal(inspect(REQJSON_EMBEDDINGS, "{\"model\":\"e\",\"input\":\"abc\",\"max_tokens\":\"x\"}", &info, err),
-                     0);
+    assert_int_equal(
+        inspect(REQJSON_EMBEDDINGS, "{\"model\":\"e\",\"input\":\"abc\",\"max_tokens\":\"x\"}", &info, err), 0);
     assert_int_equal(info.max_output_tokens, -1);
     assert_int_equal(info.prompt_bytes, 4); /* "abc" + "x" */
 
     /* escapes are counted decoded; a nested "model" counts as content */
-    assert_int_equal(inspect(REQJSON_RESPONSES, "{\"input\":[{\"model\":\"a\\u00e9\"}],\"model\":\"o3\"}", &info, err), 0);
+    assert_int_equal(inspect(REQJSON_RESPONSES, "{\"input\":[{\"model\":\"a\\u00e9\"}],\"model\":\"o3\"}", &info, err),
+                     0);
     assert_string_equal(info.model, "o3");
     assert_int_equal(info.prompt_bytes, 3);
 
@@ -206,9 +207,10 @@ static void test_rewrite_model_and_numbers(void **state)
     (void)state;
     char out[4096], err[256];
     reqjson_rewrite_t rw = {.model = "gpt-4o-2024-08-06"};
-    const char *body = "{ \"messages\": [{\"role\":\"user\",\"content\":\"hi \\\"there\\\" \\u00e9\\n\",\"model\":\"nested\"}],\n"
-                       "  \"model\": \"gpt-4o\", \"temperature\": 0.1000, \"big\": 1e400, \"neg\": -0,"
-                       " \"n\": 12345678901234567890123, \"x\": [true,false,null,{}], \"e\": \"\\u0000\\/\" }";
+    const char *body =
+        "{ \"messages\": [{\"role\":\"user\",\"content\":\"hi \\\"there\\\" \\u00e9\\n\",\"model\":\"nested\"}],\n"
+        "  \"model\": \"gpt-4o\", \"temperature\": 0.1000, \"big\": 1e400, \"neg\": -0,"
+        " \"n\": 12345678901234567890123, \"x\": [true,false,null,{}], \"e\": \"\\u0000\\/\" }";
     assert_int_equal(rewrite(REQJSON_CHAT, body, &rw, out, err), 0);
     assert_string_equal(out, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi \\\"there\\\" \xC3\xA9\\n\",\"model\":"
                              "\"nested\"}],\"model\":\"gpt-4o-2024-08-06\",\"temperature\":0.1000,\"big\":1e400,"
@@ -238,9 +240,9 @@ static void test_rewrite_include_usage(void **state)
     assert_int_equal(rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"stream\":true}", &rw, out, err), 0);
     assert_string_equal(out, "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
     /* merged into an existing object that comes before "stream" */
-    assert_int_equal(rewrite(REQJSON_COMPLETIONS, "{\"stream_options\":{\"x\":1},\"model\":\"m\",\"stream\":true}", &rw,
-                             out, err),
-                     0);
+    assert_int_equal(
+        rewrite(REQJSON_COMPLETIONS, "{\"stream_options\":{\"x\":1},\"model\":\"m\",\"stream\":true}", &rw, out, err),
+        0);
     assert_string_equal(out, "{\"stream_options\":{\"x\":1,\"include_usage\":true},\"model\":\"m\",\"stream\":true}");
     /* replaced */
     assert_int_equal(rewrite(REQJSON_CHAT,
@@ -248,18 +250,21 @@ static void test_rewrite_include_usage(void **state)
                              &rw, out, err),
                      0);
     assert_string_equal(out, "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true,\"y\":[1]}}");
-    assert_int_equal(rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":null}}",
-                             &rw, out, err),
+    assert_int_equal(rewrite(REQJSON_CHAT,
+                             "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":null}}", &rw, out,
+                             err),
                      0);
     assert_string_equal(out, "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
     /* null object replaced */
-    assert_int_equal(rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"stream_options\":null,\"stream\":true}", &rw, out, err), 0);
+    assert_int_equal(rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"stream_options\":null,\"stream\":true}", &rw, out, err),
+                     0);
     assert_string_equal(out, "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true},\"stream\":true}");
     /* a nested stream_options is not the top-level one */
-    assert_int_equal(rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"x\":{\"stream_options\":{}},\"stream\":true}", &rw, out, err),
-                     0);
-    assert_string_equal(out,
-                        "{\"model\":\"m\",\"x\":{\"stream_options\":{}},\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+    assert_int_equal(
+        rewrite(REQJSON_CHAT, "{\"model\":\"m\",\"x\":{\"stream_options\":{}},\"stream\":true}", &rw, out, err), 0);
+    assert_string_equal(
+        out,
+        "{\"model\":\"m\",\"x\":{\"stream_options\":{}},\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
     /* not streaming, embeddings, responses: untouched */
     const char *plain = "{\"model\":\"m\",\"stream\":false}";
     assert_int_equal(rewrite(REQJSON_CHAT, plain, &rw, out, err), 0);
@@ -307,8 +312,11 @@ static void test_rewrite_default_max(void **state)
     const char *body = "{\"model\":\"a\",\"stream\":true,\"messages\":[{\"model\":\"a\",\"content\":\"" CANARY "\"}]}";
     reqjson_info_t info;
     assert_int_equal(inspect(REQJSON_CHAT, body, &info, err), 0);
-    reqjson_rewrite_t all = {.model = "b", .include_usage = true, .store_false_by_default = true,
-                             .default_max_output_tokens = 7, .info = &info};
+    reqjson_rewrite_t all = {.model = "b",
+                             .include_usage = true,
+                             .store_false_by_default = true,
+                             .default_max_output_tokens = 7,
+                             .info = &info};
     assert_int_equal(rewrite(REQJSON_CHAT, body, &all, out, err), 0);
     assert_string_equal(out, "{\"model\":\"b\",\"stream\":true,\"messages\":[{\"model\":\"a\",\"content\":\"" CANARY
                              "\"}],\"stream_options\":{\"include_usage\":true},\"max_tokens\":7}");
@@ -369,10 +377,14 @@ static void test_throughput(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_inspect_fields),         cmocka_unit_test(test_rejects),
-        cmocka_unit_test(test_depth),                  cmocka_unit_test(test_rewrite_model_and_numbers),
-        cmocka_unit_test(test_rewrite_include_usage),  cmocka_unit_test(test_rewrite_store),
-        cmocka_unit_test(test_rewrite_default_max),    cmocka_unit_test(test_rewrite_bounded),
+        cmocka_unit_test(test_inspect_fields),
+        cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_rewrite_model_and_numbers),
+        cmocka_unit_test(test_rewrite_include_usage),
+        cmocka_unit_test(test_rewrite_store),
+        cmocka_unit_test(test_rewrite_default_max),
+        cmocka_unit_test(test_rewrite_bounded),
         cmocka_unit_test(test_throughput),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

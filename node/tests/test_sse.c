@@ -301,11 +301,16 @@ static void test_zero_copy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_openai_stream),    cmocka_unit_test(test_named_events_multiline_nospace),
-        cmocka_unit_test(test_crlf_and_cr),      cmocka_unit_test(test_crlf_split_byte_by_byte),
-        cmocka_unit_test(test_comments_and_blank), cmocka_unit_test(test_trailing_unterminated),
-        cmocka_unit_test(test_bom),              cmocka_unit_test(test_oversize),
-        cmocka_unit_test(test_callback_stop_is_sticky), cmocka_unit_test(test_zero_copy),
+        cmocka_unit_test(test_openai_stream),
+        cmocka_unit_test(test_named_events_multiline_nospace),
+        cmocka_unit_test(test_crlf_and_cr),
+        cmocka_unit_test(test_crlf_split_byte_by_byte),
+        cmocka_unit_test(test_comments_and_blank),
+        cmocka_unit_test(test_trailing_unterminated),
+        cmocka_unit_test(test_bom),
+        cmocka_unit_test(test_oversize),
+        cmocka_unit_test(test_callback_stop_is_sticky),
+        cmocka_unit_test(test_zero_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

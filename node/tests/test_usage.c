@@ -1,0 +1,280 @@
+/* Unit tests for node/usage: real-shaped OpenAI bodies fed whole, at every split point and
+ * byte by byte; chat chunks, the usage-only chunk, Responses events; the estimate. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "node/usage.h"
+
+static const char *chat_body =
+    "{\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion\",\"created\":1727000000,\"model\":\"gpt-4o-2024-08-06\","
+    "\"metadata\":{\"usage\":{\"prompt_tokens\":999}},"
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello there!\",\"refusal\":null,"
+    "\"usage\":{\"prompt_tokens\":555}},\"logprobs\":null,\"finish_reason\":\"stop\"}],"
+    "\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29,"
+    "\"prompt_tokens_details\":{\"cached_tokens\":3,\"audio_tokens\":0},"
+    "\"completion_tokens_details\":{\"reasoning_tokens\":4,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,"
+    "\"rejected_prediction_tokens\":0}},\"service_tier\":\"default\",\"system_fingerprint\":\"fp_x\"}";
+
+static const char *completions_body =
+    "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"gpt-3.5-turbo-instruct\","
+    "\"choices\":[{\"text\":\"\\n\\nThis is a test\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}],"
+    "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}";
+
+static const char *embeddings_body =
+    "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.0023064255,-0.009327292,"
+    "-2.8842222e-3]}],\"model\":\"text-embedding-3-small\",\"usage\":{\"prompt_tokens\":8,\"total_tokens\":8}}";
+
+static const char *responses_body =
+    "{\"id\":\"resp_1\",\"object\":\"response\",\"created_at\":1741476542,\"status\":\"completed\",\"error\":null,"
+    "\"model\":\"o3-2025-04-16\",\"output\":[{\"type\":\"reasoning\",\"id\":\"rs_1\",\"summary\":[]},"
+    "{\"type\":\"message\",\"id\":\"msg_1\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":"
+    "\"output_text\",\"text\":\"In a peaceful grove\",\"annotations\":[]}]}],"
+    "\"usage\":{\"input_tokens\":36,\"input_tokens_details\":{\"cached_tokens\":12},\"output_tokens\":87,"
+    "\"output_tokens_details\":{\"reasoning_tokens\":64},\"total_tokens\":123},\"store\":false}";
+
+/* Scans s cut at every step bytes (0: whole). */
+static int scan(const char *s, size_t len, size_t step, usage_t *u, size_t *content)
+{
+    usage_scan_t *sc;
+    assert_int_equal(usage_scan_init(&sc), 0);
+    int r = 0;
+    if (step == 0)
+        step = len;
+    for (size_t off = 0; off < len; off += step) {
+        size_t n = len - off < step ? len - off : step;
+        uint8_t *piece = malloc(n); /* own block: ASan catches reads past it */
+        memcpy(piece, s + off, n);
+        int fr = usage_scan_feed(sc, piece, n);
+        free(piece);
+        if (fr != 0)
+            r = fr;
+    }
+    int fr = usage_scan_finish(sc, u);
+    if (r == 0)
+        r = fr;
+    if (content != NULL)
+        *content = usage_scan_content_bytes(sc);
+    usage_scan_free(sc);
+    return r;
+}
+
+static void check_all_ways(const char *s, const usage_t *want, size_t want_content)
+{
+    size_t len = strlen(s);
+    usage_t u;
+    size_t content;
+    size_t steps[] = {0, 1, 2, 3, 7, 64};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        assert_int_equal(scan(s, len, steps[i], &u, &content), 0);
+        assert_memory_equal(&u, want, sizeof(u));
+        assert_int_equal(content, want_content);
+    }
+    /* two pieces, cut everywhere */
+    for (size_t cut = 1; cut < len; cut++) {
+        usage_scan_t *sc;
+        assert_int_equal(usage_scan_init(&sc), 0);
+        assert_int_equal(usage_scan_feed(sc, (const uint8_t *)s, cut), 0);
+        assert_int_equal(usage_scan_feed(sc, (const uint8_t *)s + cut, len - cut), 0);
+        assert_int_equal(usage_scan_finish(sc, &u), 0);
+        usage_scan_free(sc);
+        assert_memory_equal(&u, want, sizeof(u));
+    }
+}
+
+static usage_t mk(int64_t in, int64_t cached, int64_t out, int64_t reasoning)
+{
+    usage_t u;
+    memset(&u, 0, sizeof(u));
+    u.input_tokens = in;
+    u.cached_input_tokens = cached;
+    u.output_tokens = out;
+    u.reasoning_tokens = reasoning;
+    u.found = true;
+    return u;
+}
+
+static void test_bodies(void **state)
+{
+    (void)state;
+    usage_t w = mk(19, 3, 10, 4);
+    check_all_ways(chat_body, &w, strlen("Hello there!"));
+    w = mk(5, 0, 7, 0);
+    check_all_ways(completions_body, &w, strlen("\n\nThis is a test"));
+    w = mk(8, 0, 0, 0);
+    check_all_ways(embeddings_body, &w, 0);
+    w = mk(36, 12, 87, 64);
+    check_all_ways(responses_body, &w, strlen("In a peaceful grove"));
+}
+
+static void test_bodies_without_usage(void **state)
+{
+    (void)state;
+    usage_t u;
+    const char *null_usage = "{\"id\":\"x\",\"choices\":[],\"usage\":null}";
+    assert_int_equal(scan(null_usage, strlen(null_usage), 1, &u, NULL), 0);
+    assert_false(u.found);
+    const char *none = "{\"id\":\"x\",\"choices\":[]}";
+    assert_int_equal(scan(none, strlen(none), 0, &u, NULL), 0);
+    assert_false(u.found);
+    const char *arr = "[{\"usage\":{\"prompt_tokens\":1}}]";
+    assert_int_equal(scan(arr, strlen(arr), 0, &u, NULL), 0);
+    assert_false(u.found);
+    /* truncated, invalid, trailing garbage: not found */
+    size_t len = strlen(chat_body);
+    assert_int_equal(scan(chat_body, len - 1, 1, &u, NULL), -EINVAL);
+    assert_false(u.found);
+    char *bad = strdup(chat_body);
+    bad[len - 1] = ']';
+    assert_int_equal(scan(bad, len, 5, &u, NULL), -EINVAL);
+    assert_false(u.found);
+    free(bad);
+    const char *garbage = "{\"usage\":{\"prompt_tokens\":1}} x";
+    assert_int_equal(scan(garbage, strlen(garbage), 0, &u, NULL), -EINVAL);
+    assert_false(u.found);
+    /* odd counts read as 0 */
+    const char *odd = "{\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":2.5,\"total_tokens\":\"x\"}}";
+    assert_int_equal(scan(odd, strlen(odd), 0, &u, NULL), 0);
+    assert_true(u.found);
+    assert_int_equal(u.input_tokens, 0);
+    assert_int_equal(u.output_tokens, 0);
+    /* too deep */
+    char deep[3000];
+    size_t n = (size_t)sprintf(deep, "{\"x\":");
+    for (int i = 0; i < 1100; i++)
+        deep[n++] = '[';
+    deep[n] = 0;
+    assert_int_equal(scan(deep, n, 0, &u, NULL), -EINVAL);
+}
+
+static void test_chat_chunks(void **state)
+{
+    (void)state;
+    usage_t u;
+    bool only = true;
+    const char *delta =
+        "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\","
+        "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"},"
+        "\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}";
+    assert_int_equal(usage_from_chat_chunk((const uint8_t *)delta, strlen(delta), &u, &only), 0);
+    assert_false(u.found);
+    assert_false(only);
+    size_t bytes = 0;
+    assert_int_equal(usage_content_bytes((const uint8_t *)delta, strlen(delta), &bytes), 0);
+    assert_int_equal(bytes, 5);
+
+    const char *last = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\","
+                       "\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20,\"total_tokens\":30,"
+                       "\"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":"
+                       "{\"reasoning_tokens\":2}}}";
+    assert_int_equal(usage_from_chat_chunk((const uint8_t *)last, strlen(last), &u, &only), 0);
+    usage_t w = mk(10, 4, 20, 2);
+    assert_memory_equal(&u, &w, sizeof(u));
+    assert_true(only);
+
+    /* usage riding on a content chunk (some OpenAI-compatible servers): found, not usage-only */
+    const char *both = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,"
+                       "\"completion_tokens\":1}}";
+    assert_int_equal(usage_from_chat_chunk((const uint8_t *)both, strlen(both), &u, &only), 0);
+    assert_true(u.found);
+    assert_false(only);
+    /* empty choices but null usage: not usage-only */
+    const char *empty = "{\"choices\":[],\"usage\":null}";
+    assert_int_equal(usage_from_chat_chunk((const uint8_t *)empty, strlen(empty), &u, &only), 0);
+    assert_false(only);
+    /* tool-call arguments and reasoning count as content */
+    const char *tool =
+        "{\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hmm\",\"tool_calls\":[{\"index\":0,"
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":\"}}]}}]}";
+    assert_int_equal(usage_content_bytes((const uint8_t *)tool, strlen(tool), &bytes), 0);
+    assert_int_equal(bytes, 3 + 5);
+    /* the stream's end marker is not JSON */
+    assert_int_equal(usage_from_chat_chunk((const uint8_t *)"[DONE]", 6, &u, &only), -EINVAL);
+    assert_false(u.found);
+    assert_false(only);
+}
+
+static void test_responses_events(void **state)
+{
+    (void)state;
+    usage_t u;
+    bool terminal = true;
+    const char *created = "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\","
+                          "\"object\":\"response\",\"status\":\"in_progress\",\"output\":[],\"usage\":null}}";
+    assert_int_equal(usage_from_responses_event((const uint8_t *)created, strlen(created), &u, &terminal), 0);
+    assert_false(u.found);
+    assert_false(terminal);
+
+    const char *delta = "{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,"
+                        "\"content_index\":0,\"delta\":\"In a\",\"sequence_number\":4}";
+    usage_chunk_t ch;
+    assert_int_equal(usage_scan_chunk((const uint8_t *)delta, strlen(delta), &ch), 0);
+    assert_false(ch.terminal);
+    assert_false(ch.usage.found);
+    assert_int_equal(ch.content_bytes, 4);
+    /* *.done repeats the full text: not counted again */
+    const char *done = "{\"type\":\"response.output_text.done\",\"item_id\":\"msg_1\",\"text\":\"In a grove\"}";
+    assert_int_equal(usage_scan_chunk((const uint8_t *)done, strlen(done), &ch), 0);
+    assert_int_equal(ch.content_bytes, 0);
+
+    char completed[2048];
+    snprintf(completed, sizeof(completed), "{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":%s}",
+             responses_body);
+    assert_int_equal(usage_scan_chunk((const uint8_t *)completed, strlen(completed), &ch), 0);
+    assert_true(ch.terminal);
+    usage_t w = mk(36, 12, 87, 64);
+    assert_memory_equal(&ch.usage, &w, sizeof(w));
+    assert_int_equal(ch.content_bytes, 0);
+
+    const char *incomplete = "{\"type\":\"response.incomplete\",\"response\":{\"status\":\"incomplete\","
+                             "\"incomplete_details\":{\"reason\":\"max_output_tokens\"},\"usage\":{\"input_tokens\":5,"
+                             "\"output_tokens\":16,\"output_tokens_details\":{\"reasoning_tokens\":16}}}}";
+    assert_int_equal(usage_from_responses_event((const uint8_t *)incomplete, strlen(incomplete), &u, &terminal), 0);
+    assert_true(terminal);
+    w = mk(5, 0, 16, 16);
+    assert_memory_equal(&u, &w, sizeof(w));
+
+    const char *failed = "{\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":"
+                         "\"server_error\"},\"usage\":null}}";
+    assert_int_equal(usage_from_responses_event((const uint8_t *)failed, strlen(failed), &u, &terminal), 0);
+    assert_true(terminal);
+    assert_false(u.found);
+
+    /* a "type" that is not top-level does not count */
+    const char *nested = "{\"type\":\"response.in_progress\",\"response\":{\"type\":\"response.completed\"}}";
+    assert_int_equal(usage_from_responses_event((const uint8_t *)nested, strlen(nested), &u, &terminal), 0);
+    assert_false(terminal);
+}
+
+static void test_estimate(void **state)
+{
+    (void)state;
+    usage_t u;
+    usage_estimate(0, 0, &u);
+    assert_int_equal(u.input_tokens, 0);
+    assert_int_equal(u.output_tokens, 0);
+    usage_estimate(1, 8, &u);
+    assert_int_equal(u.input_tokens, 1);
+    assert_int_equal(u.output_tokens, 2);
+    usage_estimate(9, 7, &u);
+    assert_int_equal(u.input_tokens, 3);
+    assert_int_equal(u.output_tokens, 2);
+    assert_false(u.found);
+    assert_int_equal(u.cached_input_tokens, 0);
+    assert_int_equal(u.reasoning_tokens, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bodies),      cmocka_unit_test(test_bodies_without_usage),
+        cmocka_unit_test(test_chat_chunks), cmocka_unit_test(test_responses_events),
+        cmocka_unit_test(test_estimate),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
