@@ -104,6 +104,17 @@ def tail(path, limit=4000):
 
 _REGISTRY = []
 _REGISTRY_LOCK = threading.Lock()
+_LIBC = None
+
+
+def _die_with_parent():
+    """preexec_fn: the child gets SIGKILL when the test process dies, however it dies (a
+    ctest timeout kills pytest without running atexit hooks)."""
+    global _LIBC
+    import ctypes
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _kill_all():
@@ -149,7 +160,8 @@ class Proc:
         try:
             self.popen = subprocess.Popen(self.argv, stdout=out, stderr=err,
                                           stdin=subprocess.DEVNULL, env=env,
-                                          start_new_session=True)
+                                          start_new_session=True,
+                                          preexec_fn=_die_with_parent)
         finally:
             out.close()
             err.close()
@@ -609,6 +621,84 @@ def sse_events(lines):
     return out
 
 
+# ------------------------------------------------------------- raw HTTP/2 client
+
+def h2_request(port, method, path, headers=(), body=b"", on_data=None, timeout=30,
+               host="127.0.0.1"):
+    """One request over a fresh TLS + HTTP/2 connection, with the h2 library directly.
+
+    httpx 0.23 (httpcore 0.16) fails every open stream on any GOAWAY, even a graceful one
+    that lets them finish, and the h2 library closes its connection state on GOAWAY and then
+    refuses the DATA that follows. This client follows RFC 9113: it takes GOAWAY frames out
+    of the byte stream itself (recording them) before h2 sees it, so a stream that the
+    GOAWAY's last_stream_id covers can complete. on_data(chunk) is called as DATA arrives.
+    Returns {"status", "headers", "data", "goaways", "ended", "reset", "closed"}."""
+    import ssl as _ssl
+    import h2.config
+    import h2.connection
+    import h2.events
+    ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = _ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    out = {"status": None, "headers": {}, "data": b"", "goaways": [], "ended": False,
+           "reset": None, "closed": False}
+    raw = socket.create_connection((host, port), timeout=bound(timeout))
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        if s.selected_alpn_protocol() != "h2":
+            raise AssertionError("no h2 from the server (ALPN %r)" % s.selected_alpn_protocol())
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                    header_encoding="utf-8"))
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "https"), (":authority", host),
+                (":path", path)] + list(headers)
+        conn.send_headers(sid, hdrs, end_stream=not body)
+        if body:
+            conn.send_data(sid, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        deadline = time.monotonic() + bound(timeout)
+        pending = b""
+        while not out["ended"] and out["reset"] is None and time.monotonic() < deadline:
+            try:
+                data = s.recv(65536)
+            except (OSError, _ssl.SSLError):
+                data = b""
+            if not data:
+                out["closed"] = True
+                break
+            pending += data
+            frames = b""
+            while len(pending) >= 9:
+                length = int.from_bytes(pending[0:3], "big")
+                if len(pending) < 9 + length:
+                    break
+                frame, pending = pending[:9 + length], pending[9 + length:]
+                if frame[3] == 0x7:  # GOAWAY: last stream id, error code
+                    out["goaways"].append((int.from_bytes(frame[13:17], "big"),
+                                           int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF))
+                else:
+                    frames += frame
+            for ev in conn.receive_data(frames) if frames else ():
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    out["headers"] = dict(ev.headers)
+                    out["status"] = int(out["headers"][":status"])
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    out["data"] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    if on_data:
+                        on_data(ev.data)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    out["ended"] = True
+                elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                    out["reset"] = ev.error_code
+            try:
+                s.sendall(conn.data_to_send())
+            except OSError:
+                pass
+    return out
+
+
 # ----------------------------------------------------------------------- TCP relay
 
 class TcpRelay:
@@ -711,6 +801,7 @@ class TinyProxy:
 
     def __init__(self, directory, connect_ports=()):
         self.directory = directory
+        os.makedirs(directory, exist_ok=True)
         self.port = free_port()
         self.log_path = os.path.join(directory, "tinyproxy.log")
         self.conf_path = os.path.join(directory, "tinyproxy.conf")

@@ -330,8 +330,8 @@ static void watch_cb(etcd_watch_t *w, int status, const etcd_watch_event_t *even
     s->watch_healthy = true;
     bool any = false;
     for (size_t i = 0; i < n; i++)
-        any |= apply(s, s->tables, events[i].kv.key, events[i].kv.key_len, events[i].kv.value,
-                     events[i].kv.value_len, events[i].type == ETCD_EVENT_PUT);
+        any |= apply(s, s->tables, events[i].kv.key, events[i].kv.key_len, events[i].kv.value, events[i].kv.value_len,
+                     events[i].type == ETCD_EVENT_PUT);
     if (n > 0 && revision > s->revision) {
         s->revision = revision;
         any = true; /* the revision itself is part of the view */

@@ -30,7 +30,8 @@ typedef struct curl_uv curl_uv_t;
 typedef void (*curl_uv_done_cb)(CURL *easy, CURLcode result, void *data);
 
 /* Creates a curl multi bound to loop (CURLMOPT_MAXCONNECTS 1024, HTTP/2 multiplexing
- * and pipewait on). Returns NULL on allocation failure. */
+ * on; set CURLOPT_PIPEWAIT on easy handles that should wait for a multiplexed
+ * connection). Returns NULL on allocation failure. */
 curl_uv_t *curl_uv_create(uv_loop_t *loop);
 
 /* Detaches every easy handle still attached (their callbacks are not called; the

@@ -335,7 +335,7 @@ struct etcd_watch {
     uv_timer_t dispatch_timer, retry_timer;
     int handles_open;
     unsigned failures;
-    bool outage_reported, stopped, finished, dispatching;
+    bool outage_reported, stopped, finished;
     struct etcd_watch *prev, *next;
 };
 
@@ -706,8 +706,8 @@ size_t etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out)
 }
 
 /* --- unary operations --------------------------------------------------------------- */
-static int range_body(struct buf *b, const uint8_t *key, size_t key_len, const uint8_t *range_end,
-                      size_t range_end_len, int64_t limit, int64_t revision)
+static int range_body(struct buf *b, const uint8_t *key, size_t key_len, const uint8_t *range_end, size_t range_end_len,
+                      int64_t limit, int64_t revision)
 {
     int rc = buf_str(b, "{");
     rc |= buf_field_b64(b, false, "key", key, key_len);
@@ -1042,8 +1042,7 @@ static int watch_message(etcd_watch_t *w, yajl_val root)
     for (i = 0; i < n && rc == 0; i++) {
         yajl_val e = evs->u.array.values[i];
         yajl_val type = jget(e, "type");
-        ev[i].type = strcmp(jstr(type), "DELETE") == 0 ? ETCD_EVENT_DELETE
-                                                                                          : ETCD_EVENT_PUT;
+        ev[i].type = strcmp(jstr(type), "DELETE") == 0 ? ETCD_EVENT_DELETE : ETCD_EVENT_PUT;
         rc = kv_parse(jget(e, "kv"), &ev[i].kv);
         if (ev[i].kv.mod_revision + 1 > w->next_rev)
             w->next_rev = ev[i].kv.mod_revision + 1;
@@ -1096,7 +1095,6 @@ static void watch_dispatch(etcd_watch_t *w)
 {
     size_t pos = 0;
     int status = 0;
-    w->dispatching = true;
     while (!w->stopped && !w->finished && pos < w->complete_end) {
         size_t end = object_end(w->stream.p, w->complete_end, pos);
         if (end == 0)
@@ -1112,7 +1110,6 @@ static void watch_dispatch(etcd_watch_t *w)
         if (status != 0)
             break;
     }
-    w->dispatching = false;
     if (w->stopped)
         return; /* stopped by the callback: w is closing, touch nothing else */
     if (w->finished) {

@@ -101,8 +101,8 @@ typedef struct etcd_op_result {
 } etcd_op_result_t;
 
 /* --- callbacks ---------------------------------------------------------------------- */
-typedef void (*etcd_range_cb)(etcd_client_t *c, int status, int64_t revision, const etcd_kv_t *kvs, size_t n,
-                              bool more, void *data);
+typedef void (*etcd_range_cb)(etcd_client_t *c, int status, int64_t revision, const etcd_kv_t *kvs, size_t n, bool more,
+                              void *data);
 typedef void (*etcd_done_cb)(etcd_client_t *c, int status, int64_t revision, void *data);
 typedef void (*etcd_delete_cb)(etcd_client_t *c, int status, int64_t revision, int64_t deleted, void *data);
 typedef void (*etcd_txn_cb)(etcd_client_t *c, int status, bool succeeded, int64_t revision,
@@ -118,8 +118,8 @@ typedef void (*etcd_lease_cb)(etcd_client_t *c, int status, int64_t lease_id, in
  * - status 0, n == 0: stream (re)created, or progress notification — the watch is healthy
  *   and up to date as of `revision`.
  * - status 0, n > 0: events, in revision order. */
-typedef void (*etcd_watch_cb)(etcd_watch_t *w, int status, const etcd_watch_event_t *events, size_t n,
-                              int64_t revision, int64_t compact_revision, void *data);
+typedef void (*etcd_watch_cb)(etcd_watch_t *w, int status, const etcd_watch_event_t *events, size_t n, int64_t revision,
+                              int64_t compact_revision, void *data);
 
 /* --- client ------------------------------------------------------------------------- */
 /* endpoints: comma-separated base URLs ("http://127.0.0.1:2379,http://10.0.0.2:2379").

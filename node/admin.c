@@ -42,12 +42,16 @@
 #define ADMIN_MAX_CONNS 64
 #define ADMIN_MAX_JSON_DEPTH 8
 #define ADMIN_MAX_TOKEN_FILE 4096
-#define ADMIN_MAX_NAME 64         /* provider names */
-#define ADMIN_MAX_LABEL 128       /* key names, model names, region */
-#define ADMIN_MAX_URL 2048
-#define ADMIN_MAX_UPSTREAM_KEY 1024
-#define ADMIN_MAX_LIST 1024       /* models, map entries */
+/* Field bounds: docs/admin-api.md. */
+#define ADMIN_MAX_NAME 64      /* provider names, regions */
+#define ADMIN_MAX_KEY_NAME 128 /* relay key names */
+#define ADMIN_MAX_MODEL 256    /* model names and aliases */
+#define ADMIN_MAX_URL 1024
+#define ADMIN_MAX_UPSTREAM_KEY 512
+#define ADMIN_MAX_LIST 1024 /* models, map entries */
 #define ADMIN_MAX_UPSTREAM_KEYS 64
+#define ADMIN_MAX_PRIORITY 1000000
+#define ADMIN_MAX_WEIGHT 1000000
 #define ADMIN_KEY_SECRET_BYTES 32
 #define ADMIN_KEY_PREFIX "sk-lr-"
 #define ADMIN_KEY_PREFIX_SHOWN 10 /* "sk-lr-" + 4 characters */
@@ -95,9 +99,9 @@ typedef struct admin_req {
 typedef enum { WRITE_PROVIDER_PUT, WRITE_PROVIDER_DELETE, WRITE_KEY_CREATE, WRITE_KEY_REVOKE } write_kind_t;
 
 typedef struct admin_write {
-    h2o_linklist_t link;        /* in admin->pending while a request waits for it */
-    admin_req_t *areq;          /* NULL once the request is gone or answered */
-    struct admin_write **slot;  /* in the request pool; NULL once detached */
+    h2o_linklist_t link;       /* in admin->pending while a request waits for it */
+    admin_req_t *areq;         /* NULL once the request is gone or answered */
+    struct admin_write **slot; /* in the request pool; NULL once detached */
     write_kind_t kind;
     Llmrelay__Provider *provider; /* owned (protobuf-c unpacked) */
     Llmrelay__ApiKey *key;        /* owned (protobuf-c unpacked) */
@@ -111,7 +115,7 @@ int admin_mask_secret(const char *secret, char *out, size_t outcap)
 {
     static const char ellipsis[] = "\xe2\x80\xa6"; /* U+2026 */
     size_t len = strlen(secret);
-    size_t shown = len >= 8 ? 4 : 0;
+    size_t shown = len >= 12 ? 4 : 0;
     if (outcap < sizeof(ellipsis) + shown)
         return -ENOBUFS;
     memcpy(out, ellipsis, sizeof(ellipsis) - 1);
@@ -405,8 +409,8 @@ static void sanitize_for_log(const char *s, size_t len, char *out, size_t cap)
             continue;
         }
         char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '/' ||
-                  c == '.' || c == '_' || c == '~' || c == '-';
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '/' || c == '.' ||
+                  c == '_' || c == '~' || c == '-';
         out[o++] = ok ? c : '?';
     }
     out[o] = '\0';
@@ -468,11 +472,8 @@ static void send_error_allow(admin_req_t *r, int status, const char *code, const
     case 405:
         type = "invalid_request_error";
         break;
-    case 503:
-        type = "unavailable";
-        break;
     default:
-        type = "server_error";
+        type = "api_error";
         break;
     }
     jw_t w;
@@ -497,7 +498,7 @@ static void send_error_allow(admin_req_t *r, int status, const char *code, const
         }
         jw_free(&w);
     }
-    static const char fallback[] = "{\"error\":{\"message\":\"internal error\",\"type\":\"server_error\","
+    static const char fallback[] = "{\"error\":{\"message\":\"internal error\",\"type\":\"api_error\","
                                    "\"code\":\"internal_error\"}}";
     send_body(r, 500, fallback, sizeof(fallback) - 1, NULL);
 }
@@ -708,27 +709,19 @@ static yajl_val parse_body(admin_req_t *r)
     return root;
 }
 
-/* Checks that obj has only the allowed keys, each at most once. Writes a message to msg. */
-static bool object_keys_ok(yajl_val obj, const char *const *allowed, char *msg, size_t msglen)
+/* Checks that none of the known fields appears twice (which one would count is ambiguous).
+ * Unknown fields are ignored (forward compatibility, docs/admin-api.md). The message names
+ * the field (one of ours), never a value. */
+static bool object_keys_ok(yajl_val obj, const char *const *known, char *msg, size_t msglen)
 {
-    for (size_t i = 0; i < obj->u.object.len; i++) {
-        const char *k = obj->u.object.keys[i];
-        bool known = false;
-        for (size_t a = 0; allowed[a] != NULL; a++)
-            if (strcmp(k, allowed[a]) == 0)
-                known = true;
-        if (!known) {
-            if (label_valid(k, 64))
-                snprintf(msg, msglen, "unknown field \"%s\"", k);
-            else
-                snprintf(msg, msglen, "unknown field");
+    for (size_t a = 0; known[a] != NULL; a++) {
+        int seen = 0;
+        for (size_t i = 0; i < obj->u.object.len; i++)
+            if (strcmp(obj->u.object.keys[i], known[a]) == 0)
+                seen++;
+        if (seen > 1) {
+            snprintf(msg, msglen, "field \"%s\" appears more than once", known[a]);
             return false;
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(k, obj->u.object.keys[j]) == 0) {
-                snprintf(msg, msglen, "field \"%s\" appears twice", k);
-                return false;
-            }
         }
     }
     return true;
@@ -977,19 +970,51 @@ static void handle_readyz(admin_req_t *r)
     send_jw(r, ready ? 200 : 503, &w);
 }
 
+static int cmp_provider(const void *a, const void *b)
+{
+    const Llmrelay__Provider *pa = *(Llmrelay__Provider *const *)a, *pb = *(Llmrelay__Provider *const *)b;
+    return strcmp(pa->name, pb->name);
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    const Llmrelay__ApiKey *ka = *(Llmrelay__ApiKey *const *)a, *kb = *(Llmrelay__ApiKey *const *)b;
+    if (ka->created_at != kb->created_at)
+        return ka->created_at < kb->created_at ? -1 : 1;
+    return strcmp(ka->id, kb->id);
+}
+
+/* A sorted copy of a snapshot's array of record pointers (free it); NULL when n == 0. */
+static void **sorted(void *const *items, size_t n, int (*cmp)(const void *, const void *))
+{
+    if (n == 0)
+        return NULL;
+    void **copy = malloc(n * sizeof(*copy));
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy, items, n * sizeof(*copy));
+    qsort(copy, n, sizeof(*copy), cmp);
+    return copy;
+}
+
 static void handle_provider_list(admin_req_t *r)
 {
     const Llmrelay__Snapshot *snap = snapshot(r->admin);
+    size_t n = snap != NULL ? snap->n_providers : 0;
+    Llmrelay__Provider **list =
+        n > 0 ? (Llmrelay__Provider **)sorted((void *const *)snap->providers, n, cmp_provider) : NULL;
     jw_t w;
-    if (jw_init(&w) != 0) {
+    if ((n > 0 && list == NULL) || jw_init(&w) != 0) {
+        free(list);
         send_error(r, 500, "internal_error", "out of memory");
         return;
     }
     jw_map_open(&w);
     jw_key(&w, "providers");
     jw_array_open(&w);
-    for (size_t i = 0; snap != NULL && i < snap->n_providers; i++)
-        gen_provider(&w, snap->providers[i]);
+    for (size_t i = 0; i < n; i++)
+        gen_provider(&w, list[i]);
+    free(list);
     jw_array_close(&w);
     jw_map_close(&w);
     send_jw(r, 200, &w);
@@ -1015,8 +1040,8 @@ static void handle_provider_get(admin_req_t *r, const char *name)
  * record is a heap copy owned by the caller (its strings no longer point into the tree). */
 static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, char *msg, size_t msglen)
 {
-    static const char *const allowed[] = {"name",     "type",   "base_url", "api_keys", "models", "map",
-                                          "priority", "weight", "region",   NULL};
+    static const char *const allowed[] = {"type",     "base_url", "api_keys", "models", "map",
+                                          "priority", "weight",   "region",   NULL};
     if (!object_keys_ok(root, allowed, msg, msglen))
         return NULL;
 
@@ -1028,12 +1053,7 @@ static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, c
     size_t packed_len = 0;
     yajl_val v;
 
-    if ((v = field(root, "name")) != NULL && !is_null(v) &&
-        (!YAJL_IS_STRING(v) || strcmp(v->u.string, name) != 0)) {
-        snprintf(msg, msglen, "\"name\" in the body differs from the name in the path");
-        goto out;
-    }
-    p.name = (char *)name;
+    p.name = (char *)name; /* from the path only; a "name" in the body is ignored */
 
     v = field(root, "type");
     if (v == NULL || !YAJL_IS_STRING(v) ||
@@ -1053,17 +1073,19 @@ static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, c
         goto out;
     }
     p.base_url = v->u.string;
+    for (size_t bl = strlen(p.base_url); bl > 8 && p.base_url[bl - 1] == '/'; bl--)
+        p.base_url[bl - 1] = '\0'; /* "https://x/v1/" → "https://x/v1" */
 
     v = field(root, "api_keys");
-    if (v == NULL || !get_string_array(v, ADMIN_MAX_UPSTREAM_KEYS, ADMIN_MAX_UPSTREAM_KEY, &p.api_keys, &p.n_api_keys) ||
+    if (v == NULL ||
+        !get_string_array(v, ADMIN_MAX_UPSTREAM_KEYS, ADMIN_MAX_UPSTREAM_KEY, &p.api_keys, &p.n_api_keys) ||
         p.n_api_keys == 0) {
         snprintf(msg, msglen, "\"api_keys\" must be an array of 1..%d non-empty strings", ADMIN_MAX_UPSTREAM_KEYS);
         goto out;
     }
 
     v = field(root, "models");
-    if (v == NULL || !get_string_array(v, ADMIN_MAX_LIST, ADMIN_MAX_LABEL, &p.models, &p.n_models) ||
-        p.n_models == 0) {
+    if (v == NULL || !get_string_array(v, ADMIN_MAX_LIST, ADMIN_MAX_MODEL, &p.models, &p.n_models) || p.n_models == 0) {
         snprintf(msg, msglen, "\"models\" must be an array of 1..%d model names", ADMIN_MAX_LIST);
         goto out;
     }
@@ -1084,8 +1106,8 @@ static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, c
         for (size_t i = 0; i < n; i++) {
             const char *alias = v->u.object.keys[i];
             yajl_val up = v->u.object.values[i];
-            if (!label_valid(alias, ADMIN_MAX_LABEL) || !YAJL_IS_STRING(up) ||
-                !label_valid(up->u.string, ADMIN_MAX_LABEL)) {
+            if (!label_valid(alias, ADMIN_MAX_MODEL) || !YAJL_IS_STRING(up) ||
+                !label_valid(up->u.string, ADMIN_MAX_MODEL)) {
                 snprintf(msg, msglen, "\"map\" must be an object of alias: upstream model names");
                 goto out;
             }
@@ -1107,8 +1129,9 @@ static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, c
     int64_t num = 0;
     v = field(root, "priority");
     if (!is_null(v)) {
-        if (!get_int(v, &num) || num < INT32_MIN || num > INT32_MAX) {
-            snprintf(msg, msglen, "\"priority\" must be an integer");
+        if (!get_int(v, &num) || num < -ADMIN_MAX_PRIORITY || num > ADMIN_MAX_PRIORITY) {
+            snprintf(msg, msglen, "\"priority\" must be an integer from -%d to %d", ADMIN_MAX_PRIORITY,
+                     ADMIN_MAX_PRIORITY);
             goto out;
         }
         p.priority = (int32_t)num;
@@ -1116,16 +1139,16 @@ static Llmrelay__Provider *provider_from_json(yajl_val root, const char *name, c
     p.weight = 1;
     v = field(root, "weight");
     if (!is_null(v)) {
-        if (!get_int(v, &num) || num < 0 || num > INT32_MAX) {
-            snprintf(msg, msglen, "\"weight\" must be a non-negative integer");
+        if (!get_int(v, &num) || num < 0 || num > ADMIN_MAX_WEIGHT) {
+            snprintf(msg, msglen, "\"weight\" must be an integer from 0 to %d", ADMIN_MAX_WEIGHT);
             goto out;
         }
         p.weight = (int32_t)num;
     }
     v = field(root, "region");
     if (!is_null(v)) {
-        if (!YAJL_IS_STRING(v) || (v->u.string[0] != '\0' && !admin_name_valid(v->u.string, strlen(v->u.string)))) {
-            snprintf(msg, msglen, "\"region\" must be a region name ([A-Za-z0-9._-], at most 64 characters)");
+        if (!YAJL_IS_STRING(v) || (v->u.string[0] != '\0' && !label_valid(v->u.string, ADMIN_MAX_NAME))) {
+            snprintf(msg, msglen, "\"region\" must be null or a string of at most %d characters", ADMIN_MAX_NAME);
             goto out;
         }
         p.region = v->u.string;
@@ -1197,16 +1220,20 @@ static void handle_key_list(admin_req_t *r)
 {
     const Llmrelay__Snapshot *snap = snapshot(r->admin);
     int64_t now = now_unix();
+    size_t n = snap != NULL ? snap->n_keys : 0;
+    Llmrelay__ApiKey **list = n > 0 ? (Llmrelay__ApiKey **)sorted((void *const *)snap->keys, n, cmp_key) : NULL;
     jw_t w;
-    if (jw_init(&w) != 0) {
+    if ((n > 0 && list == NULL) || jw_init(&w) != 0) {
+        free(list);
         send_error(r, 500, "internal_error", "out of memory");
         return;
     }
     jw_map_open(&w);
     jw_key(&w, "keys");
     jw_array_open(&w);
-    for (size_t i = 0; snap != NULL && i < snap->n_keys; i++)
-        gen_key(&w, snap->keys[i], now);
+    for (size_t i = 0; i < n; i++)
+        gen_key(&w, list[i], now);
+    free(list);
     jw_array_close(&w);
     jw_map_close(&w);
     send_jw(r, 200, &w);
@@ -1243,20 +1270,20 @@ static Llmrelay__ApiKey *key_copy(const Llmrelay__ApiKey *k)
 /* Reads the key create body into k (borrowing strings from root). */
 static bool key_from_json(yajl_val root, Llmrelay__ApiKey *k, char ***models, char *msg, size_t msglen)
 {
-    static const char *const allowed[] = {"name", "models", "expires", "budget_tokens", "budget_usd", "rpm", "tpm",
-                                          NULL};
+    static const char *const allowed[] = {"name",       "models", "expires", "budget_tokens",
+                                          "budget_usd", "rpm",    "tpm",     NULL};
     if (!object_keys_ok(root, allowed, msg, msglen))
         return false;
     yajl_val v = field(root, "name");
-    if (v == NULL || !YAJL_IS_STRING(v) || !label_valid(v->u.string, ADMIN_MAX_LABEL)) {
-        snprintf(msg, msglen, "\"name\" must be a non-empty string of at most %d bytes", ADMIN_MAX_LABEL);
+    if (v == NULL || !YAJL_IS_STRING(v) || !label_valid(v->u.string, ADMIN_MAX_KEY_NAME)) {
+        snprintf(msg, msglen, "\"name\" must be a non-empty string of at most %d bytes", ADMIN_MAX_KEY_NAME);
         return false;
     }
     k->name = v->u.string;
     v = field(root, "models");
     if (!is_null(v)) {
-        if (!get_string_array(v, ADMIN_MAX_LIST, ADMIN_MAX_LABEL, models, &k->n_models)) {
-            snprintf(msg, msglen, "\"models\" must be null or an array of model names");
+        if (!get_string_array(v, ADMIN_MAX_LIST, ADMIN_MAX_MODEL, models, &k->n_models) || k->n_models == 0) {
+            snprintf(msg, msglen, "\"models\" must be null or an array of 1..%d model names", ADMIN_MAX_LIST);
             return false;
         }
         k->models = *models;
@@ -1266,10 +1293,6 @@ static bool key_from_json(yajl_val root, Llmrelay__ApiKey *k, char ***models, ch
         int64_t at;
         if (!YAJL_IS_STRING(v) || util_parse_rfc3339(v->u.string, &at) != 0) {
             snprintf(msg, msglen, "\"expires\" must be null or an RFC 3339 time");
-            return false;
-        }
-        if (at <= now_unix()) {
-            snprintf(msg, msglen, "\"expires\" is in the past");
             return false;
         }
         k->expires_at = at;
@@ -1609,12 +1632,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     bool configured;
     role_t role = authenticate(r, &configured);
     if (!configured) {
-        send_error(r, 401, "unauthorized",
+        send_error(r, 401, "invalid_token",
                    "no admin token is configured on this node (start it with --admin-token-file)");
         return 0;
     }
     if (role == ROLE_NONE) {
-        send_error(r, 401, "unauthorized", "missing or invalid admin token (Authorization: Bearer <token>)");
+        send_error(r, 401, "invalid_token", "missing or invalid admin token (Authorization: Bearer <token>)");
         return 0;
     }
     size_t skip = len > pl ? pl + 1 : pl;
@@ -1712,8 +1735,7 @@ static int read_bootstrap_token(admin_t *a, const char *path, char *err, size_t 
     size_t len = 0;
     int rc = util_read_file(path, ADMIN_MAX_TOKEN_FILE, &text, &len);
     if (rc != 0) {
-        snprintf(err, errlen, "admin token file %s: %s", path,
-                 rc == -EFBIG ? "too large" : strerror(-rc));
+        snprintf(err, errlen, "admin token file %s: %s", path, rc == -EFBIG ? "too large" : strerror(-rc));
         return rc;
     }
     util_trim_newline(text);
@@ -1839,8 +1861,9 @@ void admin_stop(admin_t *a)
         admin_write_t *w = H2O_STRUCT_FROM_MEMBER(admin_write_t, link, a->pending.next);
         admin_req_t *r = write_detach(w); /* the store's callback will only free w */
         if (r != NULL)
-            send_error(r, 503, "shutting_down", "the admin listener is shutting down; the write may or may not "
-                                                "have been applied");
+            send_error(r, 503, "shutting_down",
+                       "the admin listener is shutting down; the write may or may not "
+                       "have been applied");
     }
     /* Shutting the sockets down makes h2o see end-of-stream (or a write error) and close
      * each connection through its own path, which ends in on_conn_close. */

@@ -52,7 +52,7 @@ typedef struct worker {
     size_t inflight;                     /* relays not yet finished (including drains) */
     bool draining;
     uv_timer_t housekeeping;
-    uv_sem_t started;
+    uv_sem_t started, stopped;
     reset_entry_t resets[SERVER_RESET_SLOTS];
 } worker_t;
 
@@ -86,7 +86,8 @@ int server_reload_tls(server_t *s, char *err, size_t errlen);
  * finish. cb runs on the main loop once every worker has no request left. */
 void server_drain(server_t *s, void (*cb)(server_t *s));
 
-/* Stops the worker loops and joins the threads (after server_drain, or on timeout). */
+/* Stops the worker loops and waits until each has stopped (after server_drain, or on
+ * timeout); the threads stay parked until the process exits. */
 void server_stop(server_t *s);
 
 /* Worker side, used by the relay. */

@@ -19,8 +19,8 @@
 typedef struct etcd_fixture {
     pid_t pid; /* 0 when not running */
     int client_port, peer_port;
-    char dir[128];      /* temp dir holding data/ and etcd.log */
-    char endpoint[64];  /* "http://127.0.0.1:<client_port>" */
+    char dir[128];     /* temp dir holding data/ and etcd.log */
+    char endpoint[64]; /* "http://127.0.0.1:<client_port>" */
 } etcd_fixture_t;
 
 /* Starts a new etcd (new dir, new ports) and waits until /health answers. 0 or <0. */

@@ -162,7 +162,7 @@ static void test_load(void **state)
     t.role = "admin";
     t.hash = HASH_B;
     raw_put(&e, "/t1/config/tokens/" HASH_B, &t.base);
-    raw_put(&e, "/t1/config/prices/x", &p.base);  /* not part of the snapshot */
+    raw_put(&e, "/t1/config/prices/x", &p.base);      /* not part of the snapshot */
     raw_put(&e, "/t1x/config/providers/zz", &p.base); /* other prefix */
     /* many providers: more than one page */
     char name[32], key[96];
@@ -468,10 +468,8 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_file_roundtrip),
-        cmocka_unit_test(test_load),
-        cmocka_unit_test(test_two_instances),
-        cmocka_unit_test(test_fail_static_and_catch_up),
+        cmocka_unit_test(test_file_roundtrip),   cmocka_unit_test(test_load),
+        cmocka_unit_test(test_two_instances),    cmocka_unit_test(test_fail_static_and_catch_up),
         cmocka_unit_test(test_compacted_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

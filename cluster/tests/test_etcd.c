@@ -311,12 +311,12 @@ static void test_lease(void **state)
 
 /* --- watches -------------------------------------------------------------------------- */
 struct wstate {
-    int created;      /* status 0, n 0 */
-    int outages;      /* status < 0 */
+    int created; /* status 0, n 0 */
+    int outages; /* status < 0 */
     int puts, deletes;
     char last_key[64], last_value[64];
     int64_t last_rev, compact;
-    bool flag;        /* set by any event */
+    bool flag; /* set by any event */
     bool stop_in_cb;
     etcd_watch_t *w;
 };
@@ -344,8 +344,7 @@ static void watch_cb(etcd_watch_t *w, int status, const etcd_watch_event_t *ev, 
         else
             s->deletes++;
         snprintf(s->last_key, sizeof(s->last_key), "%.*s", (int)ev[i].kv.key_len, (const char *)ev[i].kv.key);
-        snprintf(s->last_value, sizeof(s->last_value), "%.*s", (int)ev[i].kv.value_len,
-                 (const char *)ev[i].kv.value);
+        snprintf(s->last_value, sizeof(s->last_value), "%.*s", (int)ev[i].kv.value_len, (const char *)ev[i].kv.value);
     }
     s->last_rev = revision;
     s->flag = true;
@@ -615,10 +614,14 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_curl_uv_many),     cmocka_unit_test(test_put_range_delete),
-        cmocka_unit_test(test_txn),              cmocka_unit_test(test_lease),
-        cmocka_unit_test(test_watch_compacted),  cmocka_unit_test(test_failover),
-        cmocka_unit_test(test_cancel),           cmocka_unit_test(test_watch_events_and_restart),
+        cmocka_unit_test(test_curl_uv_many),
+        cmocka_unit_test(test_put_range_delete),
+        cmocka_unit_test(test_txn),
+        cmocka_unit_test(test_lease),
+        cmocka_unit_test(test_watch_compacted),
+        cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_watch_events_and_restart),
         cmocka_unit_test(test_watch_catch_up),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

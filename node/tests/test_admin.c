@@ -18,6 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <h2o.h>
@@ -45,6 +49,7 @@ typedef struct env {
     char token_path[128];
     uv_thread_t thread;
     uv_sem_t ready;
+    uv_sem_t done;
     int start_rc;
     int port;
     volatile bool draining; /* set by the test thread, read on the loop */
@@ -55,11 +60,13 @@ typedef struct env {
     config_store_t *store;
     admin_t *admin;
     bool synced;
+    int loop_close_rc;
     bool write_done;
     int write_status;
 } env_t;
 
 static etcd_fixture_t etcd_fx;
+static bool use_h2; /* h2c with prior knowledge instead of HTTP/1.1 */
 
 static void on_update(config_store_t *s, const Llmrelay__Snapshot *snap, void *data)
 {
@@ -87,6 +94,7 @@ static void on_stop(uv_async_t *h)
 {
     env_t *e = h->data;
     admin_stop(e->admin);
+    e->admin = NULL; /* it frees itself: a leak would show */
     config_store_destroy(e->store);
     etcd_client_destroy(e->etcd);
     curl_uv_destroy(e->curl);
@@ -110,30 +118,31 @@ static int seed_token(env_t *e, const char *token, const char *name, const char 
     return 0;
 }
 
-static void loop_thread(void *arg)
+/* Everything on_stop tears down, when the admin never started. */
+static void teardown_early(env_t *e)
 {
-    env_t *e = arg;
-    /* No recycling of socket buffers on this thread: they would outlive it (and hold bodies). */
-    if (h2o_socket_buffer_prototype.allocator.cnt == 0)
-        h2o_socket_buffer_prototype.allocator.max = 0;
-    e->start_rc = -1;
-    uv_loop_init(&e->loop);
-    uv_async_init(&e->loop, &e->stop_async, on_stop);
-    e->stop_async.data = e;
+    if (e->store != NULL)
+        config_store_destroy(e->store);
+    if (e->etcd != NULL)
+        etcd_client_destroy(e->etcd);
+    if (e->curl != NULL)
+        curl_uv_destroy(e->curl);
+    uv_close((uv_handle_t *)&e->stop_async, NULL);
+}
+
+static int loop_setup(env_t *e)
+{
     e->curl = curl_uv_create(&e->loop);
     if (e->curl == NULL || etcd_client_create(&e->loop, e->curl, e->endpoint, &e->etcd) != 0 ||
-        config_store_create(&e->loop, e->etcd, "/admintest/", NULL, on_update, e, &e->store) != 0) {
-        uv_sem_post(&e->ready);
-        return;
-    }
+        config_store_create(&e->loop, e->etcd, "/admintest/", NULL, on_update, e, &e->store) != 0)
+        return -1;
     if (e->seed_tokens) {
         for (int i = 0; i < 1000 && !config_store_synced(e->store); i++)
             fixture_run_for(&e->loop, 10);
         if (!config_store_synced(e->store) || seed_token(e, VIEWER_TOKEN, "viewer1", "viewer") != 0 ||
             seed_token(e, OPERATOR_TOKEN, "operator1", "operator") != 0) {
             fprintf(stderr, "seeding tokens failed (synced=%d, write status %d)\n", e->synced, e->write_status);
-            uv_sem_post(&e->ready);
-            return;
+            return -1;
         }
         for (int i = 0; i < 500 && config_store_current(e->store)->n_tokens < 2; i++)
             fixture_run_for(&e->loop, 10);
@@ -144,17 +153,39 @@ static void loop_thread(void *arg)
     cfg.admin_listen = "127.0.0.1:0";
     cfg.admin_token_file = e->with_token_file ? e->token_path : NULL;
     char err[256];
-    e->start_rc = admin_start(&e->loop, &cfg, e->store, on_status, e, &e->admin, err, sizeof(err));
-    if (e->start_rc == 0)
-        e->port = admin_port(e->admin);
-    else
+    int rc = admin_start(&e->loop, &cfg, e->store, on_status, e, &e->admin, err, sizeof(err));
+    if (rc != 0) {
         fprintf(stderr, "admin_start: %s\n", err);
+        return rc;
+    }
+    e->port = admin_port(e->admin);
+    return 0;
+}
+
+static void loop_thread(void *arg)
+{
+    env_t *e = arg;
+    /* No recycling of socket buffers on this thread: they would outlive it (and hold bodies). */
+    if (h2o_socket_buffer_prototype.allocator.cnt == 0)
+        h2o_socket_buffer_prototype.allocator.max = 0;
+    uv_loop_init(&e->loop);
+    uv_async_init(&e->loop, &e->stop_async, on_stop);
+    e->stop_async.data = e;
+    e->start_rc = loop_setup(e);
     uv_sem_post(&e->ready);
     if (e->start_rc == 0)
-        uv_run(&e->loop, UV_RUN_DEFAULT);
+        uv_run(&e->loop, UV_RUN_DEFAULT); /* until on_stop has closed everything */
+    else
+        teardown_early(e);
     int rc = fixture_loop_close(&e->loop);
     if (rc != 0)
         fprintf(stderr, "uv_loop_close: %s\n", uv_strerror(rc));
+    e->loop_close_rc = rc;
+    /* h2o keeps a per-thread cache of request-pool chunks with no public way to empty it:
+     * the thread stays parked (never exits) so the cache stays reachable, not leaked. */
+    uv_sem_post(&e->done);
+    for (;;)
+        pause();
 }
 
 static int env_start(env_t *e)
@@ -168,6 +199,7 @@ static int env_start(env_t *e)
         fclose(f);
     }
     uv_sem_init(&e->ready, 0);
+    uv_sem_init(&e->done, 0);
     uv_thread_create(&e->thread, loop_thread, e);
     uv_sem_wait(&e->ready);
     uv_sem_destroy(&e->ready);
@@ -180,7 +212,9 @@ static void env_stop(env_t *e)
 {
     if (e->start_rc == 0)
         uv_async_send(&e->stop_async);
-    uv_thread_join(&e->thread);
+    uv_sem_wait(&e->done);
+    uv_sem_destroy(&e->done);
+    assert_int_equal(e->loop_close_rc, 0); /* every handle (admin's included) was closed */
 }
 
 /* ---- the HTTP side ---- */
@@ -251,6 +285,8 @@ static resp_t *call(env_t *e, const char *method, const char *path, const char *
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (use_h2)
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
@@ -332,6 +368,18 @@ static resp_t *get_until(env_t *e, const char *path, const char *token, long wan
     return NULL;
 }
 
+static int raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
 /* ---- tests ---- */
 
 static void test_mask_and_names(void **state)
@@ -339,10 +387,16 @@ static void test_mask_and_names(void **state)
     (void)state;
     char out[16];
     assert_int_equal(admin_mask_secret("sk-abcdefgh1234", out, sizeof(out)), 0);
-    assert_string_equal(out, "\xe2\x80\xa6" "1234");
+    assert_string_equal(out, "\xe2\x80\xa6"
+                             "1234");
     assert_int_equal(admin_mask_secret("short", out, sizeof(out)), 0);
     assert_string_equal(out, "\xe2\x80\xa6");
     assert_int_equal(admin_mask_secret("", out, sizeof(out)), 0);
+    assert_int_equal(admin_mask_secret("12345678901", out, sizeof(out)), 0);
+    assert_string_equal(out, "\xe2\x80\xa6");
+    assert_int_equal(admin_mask_secret("123456789012", out, sizeof(out)), 0);
+    assert_string_equal(out, "\xe2\x80\xa6"
+                             "9012");
     assert_int_equal(admin_mask_secret("sk-abcdefgh1234", out, 5), -ENOBUFS);
     assert_true(admin_name_valid("openai-main_1.x", 15));
     assert_false(admin_name_valid("", 0));
@@ -376,11 +430,27 @@ static void test_no_token_configured(void **state)
     resp_free(r);
 
     r = get(e, "/admin/v1/providers", "anything");
-    expect_error(r, 401, "unauthorized");
+    expect_error(r, 401, "invalid_token");
     assert_non_null(strstr(jstr(r->json, "error", "message"), "no admin token is configured"));
     resp_free(r);
 
+    /* admin_stop closes connections the clients keep open: an idle keep-alive one and one
+     * in the middle of its request headers. */
+    int idle = raw_connect(e->port), partial = raw_connect(e->port);
+    const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(idle, req, strlen(req)), (ssize_t)strlen(req));
+    char buf[1024];
+    ssize_t n = read(idle, buf, sizeof(buf) - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "200 OK"));
+    assert_int_equal(write(partial, "GET /hea", 8), 8);
+    usleep(50000);
     env_stop(e);
+    assert_int_equal(read(idle, buf, sizeof(buf)), 0);
+    assert_int_equal(read(partial, buf, sizeof(buf)), 0);
+    close(idle);
+    close(partial);
     free(e);
 }
 
@@ -415,13 +485,13 @@ static void test_health_auth_routing(void **state)
     resp_free(r);
 
     r = get(e, "/admin/v1/providers", NULL);
-    expect_error(r, 401, "unauthorized");
+    expect_error(r, 401, "invalid_token");
     resp_free(r);
     r = get(e, "/admin/v1/providers", "wrong-token");
-    expect_error(r, 401, "unauthorized");
+    expect_error(r, 401, "invalid_token");
     resp_free(r);
     r = get(e, "/admin/v1/keys", BOOTSTRAP_TOKEN "x");
-    expect_error(r, 401, "unauthorized");
+    expect_error(r, 401, "invalid_token");
     resp_free(r);
 
     r = get(e, "/admin/v1/providers", BOOTSTRAP_TOKEN);
@@ -453,6 +523,18 @@ static void test_health_auth_routing(void **state)
     r = get(e, "/healthz", NULL);
     resp_free(r);
 
+    /* h2c works too (the Authorization header is left intact there: HPACK may share it). */
+    use_h2 = true;
+    for (int i = 0; i < 2; i++) {
+        r = get(e, "/admin/v1/keys", VIEWER_TOKEN);
+        assert_int_equal(r->status, 200);
+        resp_free(r);
+    }
+    r = send_json(e, "POST", "/admin/v1/keys", VIEWER_TOKEN, "{\"name\":\"x\"}");
+    expect_error(r, 403, "forbidden");
+    resp_free(r);
+    use_h2 = false;
+
     /* Draining: not ready. */
     e->draining = true;
     r = get(e, "/readyz", NULL);
@@ -476,7 +558,8 @@ static void check_provider(yajl_val p)
     assert_true(YAJL_IS_ARRAY(keys));
     assert_int_equal(keys->u.array.len, 2);
     assert_string_equal(keys->u.array.values[0]->u.string, "\xe2\x80\xa6WXYZ");
-    assert_string_equal(keys->u.array.values[1]->u.string, "\xe2\x80\xa6" "9876");
+    assert_string_equal(keys->u.array.values[1]->u.string, "\xe2\x80\xa6"
+                                                           "9876");
     assert_int_equal(jget(p, "models", NULL, NULL)->u.array.len, 2);
     assert_string_equal(jstr(p, "map", "fast"), "gpt-4o-mini");
     assert_int_equal(YAJL_GET_INTEGER(jget(p, "priority", NULL, NULL)), 2);
@@ -512,9 +595,12 @@ static void test_providers(void **state)
 
     /* Idempotent replace; defaults for priority/weight/region/map. */
     r = send_json(e, "PUT", "/admin/v1/providers/second", BOOTSTRAP_TOKEN,
-                  "{\"type\":\"anthropic\",\"base_url\":\"http://127.0.0.1:1\",\"api_keys\":[\"k-12345678\"],"
-                  "\"models\":[\"claude\"]}");
+                  "{\"name\":\"ignored\",\"future_field\":{\"x\":1},\"type\":\"anthropic\","
+                  "\"base_url\":\"http://127.0.0.1:1/\",\"api_keys\":[\"k-12345678\"],\"models\":[\"claude\"]}");
     assert_int_equal(r->status, 200);
+    assert_string_equal(jstr(r->json, "name", NULL), "second");
+    assert_string_equal(jstr(r->json, "base_url", NULL), "http://127.0.0.1:1");
+    assert_string_equal(jget(r->json, "api_keys", NULL, NULL)->u.array.values[0]->u.string, "\xe2\x80\xa6");
     assert_int_equal(YAJL_GET_INTEGER(jget(r->json, "priority", NULL, NULL)), 0);
     assert_int_equal(YAJL_GET_INTEGER(jget(r->json, "weight", NULL, NULL)), 1);
     assert_true(YAJL_IS_NULL(jget(r->json, "region", NULL, NULL)));
@@ -541,10 +627,13 @@ static void test_providers(void **state)
         "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[]}",
         "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"weight\":1.5}",
         "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"priority\":\"1\"}",
-        "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"extra\":1}",
+        "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"weight\":1000001}",
+        "{\"type\":\"openai\",\"base_url\":\"https://"
+        "x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"priority\":-1000001}",
+        "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"\"],\"models\":[\"m\"]}",
+        "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"region\":5}",
         "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"],\"map\":[1]}",
         "{\"type\":\"openai\",\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"]}",
-        "{\"name\":\"other\",\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"]}",
         "{\"a\":[[[[[[[[[[[[1]]]]]]]]]]]]}",
         "{\"type\":\"openai\",\"base_url\":\"https://x\",\"api_keys\":[\"k\"],\"models\":[\"m\"]} trailing",
     };
@@ -636,9 +725,31 @@ static void test_keys(void **state)
     assert_true(YAJL_IS_NULL(jget(r->json, "remaining", "usd", NULL)));
     resp_free(r);
 
-    r = get(e, "/admin/v1/keys", BOOTSTRAP_TOKEN);
+    /* Already expired at creation: shown as such. */
+    r = send_json(e, "POST", "/admin/v1/keys", BOOTSTRAP_TOKEN,
+                  "{\"name\":\"old\",\"expires\":\"2001-01-01T01:00:00+01:00\"}");
+    assert_int_equal(r->status, 201);
+    assert_string_equal(jstr(r->json, "status", NULL), "expired");
+    assert_string_equal(jstr(r->json, "limits", "expires"), "2001-01-01T00:00:00Z");
+    resp_free(r);
+
+    for (int i = 0;; i++) { /* all three, oldest first */
+        r = get(e, "/admin/v1/keys", BOOTSTRAP_TOKEN);
+        if (jget(r->json, "keys", NULL, NULL)->u.array.len == 3)
+            break;
+        resp_free(r);
+        assert_true(i < 200);
+        usleep(20000);
+    }
     assert_int_equal(r->status, 200);
-    assert_true(jget(r->json, "keys", NULL, NULL)->u.array.len >= 1);
+    yajl_val keys = jget(r->json, "keys", NULL, NULL);
+    for (size_t i = 1; i < keys->u.array.len; i++) { /* ordered by created, then id */
+        const char *c0 = jstr(keys->u.array.values[i - 1], "created", NULL);
+        const char *c1 = jstr(keys->u.array.values[i], "created", NULL);
+        assert_true(strcmp(c0, c1) < 0 ||
+                    (strcmp(c0, c1) == 0 && strcmp(jstr(keys->u.array.values[i - 1], "id", NULL),
+                                                   jstr(keys->u.array.values[i], "id", NULL)) < 0));
+    }
     assert_null(strstr(r->body, secret + 10));
     assert_null(strstr(r->body, hash));
     assert_null(strstr(r->body, "\"key\""));
@@ -653,9 +764,9 @@ static void test_keys(void **state)
         "{\"name\":\"x\",\"budget_usd\":-1}",
         "{\"name\":\"x\",\"budget_tokens\":\"5\"}",
         "{\"name\":\"x\",\"expires\":\"tomorrow\"}",
-        "{\"name\":\"x\",\"expires\":\"2001-01-01T00:00:00Z\"}",
+        "{\"name\":\"x\",\"models\":[]}",
         "{\"name\":\"x\",\"models\":\"gpt\"}",
-        "{\"name\":\"x\",\"secret\":\"mine\"}",
+        "{\"name\":\"x\",\"name\":\"y\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         r = send_json(e, "POST", "/admin/v1/keys", BOOTSTRAP_TOKEN, bad[i]);

@@ -118,8 +118,20 @@ def cmd_record(args):
     for cpu, (bb, bt) in before["cpus"].items():
         ab, at = after["cpus"].get(cpu, (bb, bt))
         busy[cpu] = round(100.0 * (ab - bb) / (at - bt), 1) if at > bt else None
+    conns = None
+    if args.stats_before and args.stats_after:
+        try:
+            with open(args.stats_before) as f:
+                sb = json.load(f)["totals"]["connections"]
+            with open(args.stats_after) as f:
+                sa = json.load(f)["totals"]["connections"]
+            conns = sa - sb - 1  # the /mock/stats request itself opened one
+            if conns < 0:
+                conns = None
+        except (OSError, ValueError, KeyError, TypeError):
+            conns = None
     row = {
-        "target": args.target, "c": args.c, "m": args.m, **r,
+        "target": args.target, "c": args.c, "m": args.m, **r, "upstream_conns": conns,
         "p50_us": percentile(durations, 50), "p90_us": percentile(durations, 90),
         "p99_us": percentile(durations, 99), "logged_2xx": len(durations),
         "server_cpu_us": per_req(args.server_pid), "upstream_cpu_us": per_req(args.upstream_pid),
@@ -149,7 +161,7 @@ def cmd_report(args):
             if line.strip():
                 rows.append(json.loads(line))
     head = (f"{'target':<10} {'conc':>9} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-            f"{'cpu us/req':>10} {'upstr us/req':>12} {'ok/total':>13}  cpu busy %")
+            f"{'cpu us/req':>10} {'upstr us/req':>12} {'upstr conns':>11} {'ok/total':>13}  cpu busy %")
     print(head)
     print("-" * len(head))
     by = {}
@@ -159,7 +171,8 @@ def cmd_report(args):
         ok = f"{r.get('succeeded', '?')}/{r.get('total', '?')}"
         print(f"{r['target']:<10} {'-c%d -m%d' % (r['c'], r['m']):>9} {fmt(r.get('rps'), 0):>9} "
               f"{fmt_ms(r['p50_us']):>8} {fmt_ms(r['p90_us']):>8} {fmt_ms(r['p99_us']):>8} "
-              f"{fmt(r['server_cpu_us'], 1):>10} {fmt(r['upstream_cpu_us'], 1):>12} {ok:>13}  {busy}")
+              f"{fmt(r['server_cpu_us'], 1):>10} {fmt(r['upstream_cpu_us'], 1):>12} "
+              f"{'-' if r.get('upstream_conns') is None else r['upstream_conns']:>11} {ok:>13}  {busy}")
     print()
 
     def ratio(a, b):
@@ -216,21 +229,23 @@ class Client:
                     raise
 
 
-def wait_flip(clients, key, want_accepted, interval, timeout):
-    """Polls GET /v1/models with key on every client, interleaved, until each answers
-    (not 401) if want_accepted, else 401. Returns {index: (monotonic time, status)} for those
-    that flipped within timeout, and {index: last status} for the others."""
+def wait_flip(clients, key, want_accepted, interval, timeout, first=0):
+    """Polls GET /v1/models with key on every client, interleaved (client `first` first), until
+    each answers (not 401) if want_accepted, else 401. Returns {index: (monotonic time, status,
+    polls)} for those that flipped within timeout, and {index: last status} for the others."""
     deadline = time.monotonic() + timeout
-    flipped, last = {}, {}
+    flipped, last, polls = {}, {}, {}
+    order = [(first + k) % len(clients) for k in range(len(clients))]
     while len(flipped) < len(clients) and time.monotonic() < deadline:
-        for i, c in enumerate(clients):
+        for i in order:
             if i in flipped:
                 continue
-            status, _ = c.request("GET", "/v1/models", {"Authorization": "Bearer " + key})
+            status, _ = clients[i].request("GET", "/v1/models", {"Authorization": "Bearer " + key})
             now = time.monotonic()
             last[i] = status
+            polls[i] = polls.get(i, 0) + 1
             if (status != 401) == want_accepted:
-                flipped[i] = (now, status)
+                flipped[i] = (now, status, polls[i])
         if len(flipped) < len(clients):
             time.sleep(interval)
     return flipped, {i: s for i, s in last.items() if i not in flipped}
@@ -244,6 +259,13 @@ def cmd_propagation(args):
     adm = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
     create_ms = {u: [] for u in args.nodes}
     revoke_ms = {u: [] for u in args.nodes}
+    first_poll = {("new key", u): 0 for u in args.nodes}
+    first_poll.update({("revocation", u): 0 for u in args.nodes})
+    admin_ms = []
+    # open every connection (TLS handshakes) before the first timed round
+    admin.request("GET", "/readyz", {})
+    for c in targets:
+        c.request("GET", "/v1/models", {})
     odd = []
     for i in range(args.rounds):
         body = json.dumps({"name": f"bench-propagation-{i}"})
@@ -251,32 +273,41 @@ def cmd_propagation(args):
         status, data = admin.request("POST", "/admin/v1/keys", adm, body)
         if status != 201:
             raise SystemExit(f"propagation: POST /admin/v1/keys answered {status}")
+        admin_ms.append((time.monotonic() - t0) * 1000.0)
         created = json.loads(data)
         key, key_id = created["key"], created["id"]
         del created, data
-        flipped, stuck = wait_flip(targets, key, True, args.interval, args.timeout)
-        for i, st in stuck.items():
-            raise SystemExit(f"propagation: {args.names[i]} still answers {st} for a new key after {args.timeout}s")
-        for i, (t, st) in flipped.items():
+        flipped, stuck = wait_flip(targets, key, True, args.interval, args.timeout, i % len(targets))
+        for n, st in stuck.items():
+            raise SystemExit(f"propagation: {args.names[n]} still answers {st} for a new key after {args.timeout}s")
+        for n, (t, st, polls) in flipped.items():
             if st != 200:
-                odd.append(f"{args.names[i]} answered {st} (not 200) for a new key")
-            create_ms[args.nodes[i]].append((t - t0) * 1000.0)
+                odd.append(f"{args.names[n]} answered {st} (not 200) for a new key")
+            create_ms[args.nodes[n]].append((t - t0) * 1000.0)
+            first_poll[("new key", args.nodes[n])] += polls == 1
         t0 = time.monotonic()
         status, _ = admin.request("POST", f"/admin/v1/keys/{key_id}/revoke", adm, b"")
         if status != 200:
             raise SystemExit(f"propagation: revoke answered {status}")
-        flipped, stuck = wait_flip(targets, key, False, args.interval, args.timeout)
-        for i, st in stuck.items():
-            raise SystemExit(f"propagation: {args.names[i]} still answers {st} for a revoked key after {args.timeout}s")
-        for i, (t, _) in flipped.items():
-            revoke_ms[args.nodes[i]].append((t - t0) * 1000.0)
+        flipped, stuck = wait_flip(targets, key, False, args.interval, args.timeout, i % len(targets))
+        for n, st in stuck.items():
+            raise SystemExit(f"propagation: {args.names[n]} still answers {st} for a revoked key after {args.timeout}s")
+        for n, (t, _, polls) in flipped.items():
+            revoke_ms[args.nodes[n]].append((t - t0) * 1000.0)
+            first_poll[("revocation", args.nodes[n])] += polls == 1
         key = None
-    print(f"config propagation, {args.rounds} rounds, polling every {args.interval * 1000:.0f} ms "
-          "(ms from the admin request on node 1 to the first answer that changed):")
+    print(f"config propagation, {args.rounds} rounds, polling GET /v1/models every {args.interval * 1000:.0f} ms "
+          "(ms from sending the admin request to node 1 until the first changed answer):")
+    v = sorted(admin_ms)
+    print(f"  {'(the admin POST /admin/v1/keys itself)':<48} min {v[0]:7.1f}  median {statistics.median(v):7.1f}  max {v[-1]:7.1f}")
     for what, res in (("new key", create_ms), ("revocation", revoke_ms)):
         for u, name in zip(args.nodes, args.names):
             v = sorted(res[u])
-            print(f"  {what:<10} seen by {name:<26} min {v[0]:7.1f}  median {statistics.median(v):7.1f}  max {v[-1]:7.1f}")
+            print(f"  {what + ' seen by ' + name:<48} min {v[0]:7.1f}  median {statistics.median(v):7.1f}  max {v[-1]:7.1f}"
+                  f"  (changed at the first poll in {first_poll[(what, u)]}/{args.rounds})")
+    if all(v == args.rounds for v in first_poll.values()):
+        print("  every node had changed by the first poll after the admin API answered: these are upper bounds")
+        print("  (the admin answer + one poll), not the propagation delay itself, which is shorter")
     for o in sorted(set(odd)):
         print("  note: " + o)
 
@@ -306,6 +337,8 @@ def main():
     p.add_argument("m", type=int)
     for a in ("h2load_stdout", "logfile", "cpu_before", "cpu_after", "server_pid", "upstream_pid"):
         p.add_argument(a)
+    p.add_argument("--stats-before", help="mock /mock/stats before the warm-up run (file)")
+    p.add_argument("--stats-after", help="mock /mock/stats after the run (file)")
     p.set_defaults(fn=cmd_record)
     p = sub.add_parser("report")
     p.add_argument("out")
