@@ -29,11 +29,12 @@ def test_slow_readers_keep_memory_bounded(node, mock):
     baseline = node.rss_kib()
     phase = {"name": "stall"}  # stall -> slow -> fast
     results = [None] * SLOW_STREAMS
-    started = threading.Barrier(SLOW_STREAMS + 1, timeout=bound(30))
+    started = threading.Semaphore(0)  # one release per reader: streaming, or failed
 
     def reader(i):
-        out = {"bytes": 0, "tail": b"", "rid": None, "error": None}
+        out = {"bytes": 0, "tail": b"", "rid": None, "error": None, "status": None}
         results[i] = out
+        signalled = False
         try:
             with httpx.Client(http2=True, verify=False, base_url=node.url,
                               timeout=bound(60)) as c:
@@ -44,7 +45,8 @@ def test_slow_readers_keep_memory_bounded(node, mock):
                     it = r.iter_raw()
                     first = next(it)  # the stream has started
                     out["bytes"] += len(first)
-                    started.wait()
+                    started.release()
+                    signalled = True
                     while phase["name"] == "stall":
                         time.sleep(0.05)
                     for chunk in it:
@@ -54,12 +56,18 @@ def test_slow_readers_keep_memory_bounded(node, mock):
                             time.sleep(0.02)  # ~3 MB/s at most per stream
         except Exception as exc:  # noqa: BLE001 - reported by the main thread
             out["error"] = repr(exc)
+        finally:
+            if not signalled:
+                started.release()
 
     threads = [threading.Thread(target=reader, args=(i,), daemon=True)
                for i in range(SLOW_STREAMS)]
     for t in threads:
         t.start()
-    started.wait()
+    for _ in threads:
+        assert started.acquire(timeout=bound(30)), "streams did not start: %r; mock: %r" % (
+            results, route.stats())
+    assert all(out["error"] is None for out in results), results
     samples = []
 
     def sample_for(seconds):

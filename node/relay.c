@@ -2,12 +2,13 @@
  *
  * A request is checked in order (key, body size, JSON, model, allowlist), its body is
  * rewritten for the upstream (model alias, stream_options.include_usage, store:false), and
- * a curl transfer is started on the worker's multi. The answer streams back as it arrives:
- * curl's write callback appends to `pending`, which is handed to h2o as soon as h2o has
- * finished with the previous piece (two buffers, as h2o's own proxy does; exactly one
- * h2o_send per proceed). When `pending` reaches RELAY_PAUSE_AT the write callback pauses
- * the transfer without consuming the bytes; proceed sends what is pending and unpauses, so
- * a slow client slows the upstream and memory per stream stays bounded.
+ * an upstream request is started (upstream.h: libcurl, or h2o's HTTP/1.1 client for
+ * cleartext upstreams). The answer streams back as it arrives: each piece of body is
+ * appended to `pending`, which is handed to h2o as soon as h2o has finished with the
+ * previous piece (two buffers, as h2o's own proxy does; exactly one h2o_send per proceed).
+ * When `pending` reaches RELAY_PAUSE_AT the relay answers `writable` with no and the
+ * upstream holds its data; proceed sends what is pending and resumes it, so a slow client
+ * slows the upstream and memory per stream stays bounded.
  *
  * Usage is read on the fly, never from a whole buffered body: SSE answers are cut into
  * events (the usage-only chat chunk the relay asked for is dropped unless the client
@@ -22,7 +23,6 @@
 #include "node/relay.h"
 
 #include <assert.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +35,7 @@
 #include "node/server.h"
 #include "node/snapshot.h"
 #include "node/sse.h"
+#include "node/upstream.h"
 #include "node/usage.h"
 #include "node/util.h"
 #include "node/wipe.h"
@@ -74,17 +75,15 @@ struct relay {
     reqjson_info_t info;
     bool client_wants_usage;
 
-    wipe_buf_t body; /* request body as sent upstream */
-    CURL *easy;
-    struct curl_slist *headers;
+    wipe_buf_t body;   /* request body as sent upstream */
     char *url;
-    bool attached;     /* the transfer is on the multi */
-    bool request_sent; /* curl is about to send (or has sent) the request upstream */
+    upstream_t *up;    /* NULL once the upstream request is over */
+    bool request_sent; /* the request is about to leave (or has left) for the upstream */
     bool upstream_over;
-    CURLcode result;
+    int error; /* the upstream request's end: 0 or a negative errno (upstream.h) */
     bool timed_out;
 
-    bool got_first_byte, started, final_sent, sending, paused, in_write_cb;
+    bool got_first_byte, started, final_sent, sending, paused, in_upstream_cb;
     int status;
     bool sse;
     wipe_buf_t pending, inflight;
@@ -252,25 +251,13 @@ static void relay_maybe_free(relay_t *r)
     uv_close((uv_handle_t *)&r->timer, on_timer_closed);
 }
 
-static void wipe_headers(struct curl_slist *list)
-{
-    for (struct curl_slist *l = list; l != NULL; l = l->next)
-        explicit_bzero(l->data, strlen(l->data));
-    curl_slist_free_all(list);
-}
-
 /* The transfer is over (finished, failed, cancelled): settle usage and write the record. */
 static void relay_upstream_over(relay_t *r)
 {
     assert(!r->upstream_over);
     r->upstream_over = true;
     uv_timer_stop(&r->timer);
-    if (r->easy != NULL) {
-        curl_easy_cleanup(r->easy);
-        r->easy = NULL;
-    }
-    wipe_headers(r->headers);
-    r->headers = NULL;
+    r->up = NULL;
     wipe_buf_free(&r->body);
 
     if (r->scan != NULL && !r->usage.found) {
@@ -332,7 +319,7 @@ static void flush(relay_t *r)
     if (r->req == NULL || !r->started || r->sending || r->final_sent)
         return;
     if (r->upstream_over) {
-        h2o_send_state_t st = r->result == CURLE_OK && !r->timed_out ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_ERROR;
+        h2o_send_state_t st = r->error == 0 && !r->timed_out ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_ERROR;
         send_pending(r, st);
     } else if (r->pending.len > 0) {
         send_pending(r, H2O_SEND_STATE_IN_PROGRESS);
@@ -365,7 +352,7 @@ static void client_gone(relay_t *r)
     r->drain_deadline_ms = now + r->worker->server->cfg->usage_drain_timeout_ms;
     if (r->paused) {
         r->paused = false;
-        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        upstream_resume(r->up);
     }
 }
 
@@ -376,11 +363,11 @@ static void on_generator_proceed(h2o_generator_t *gen, h2o_req_t *req)
     r->sending = false;
     wipe_buf_reset(&r->inflight);
     flush(r);
-    if (r->paused && !r->in_write_cb && !r->upstream_over && r->pending.len < RELAY_PAUSE_AT) {
-        /* Send first, unpause last: unpausing delivers the held data synchronously. */
+    if (r->paused && !r->in_upstream_cb && !r->upstream_over && r->pending.len < RELAY_PAUSE_AT) {
+        /* Send first, resume last: resuming may deliver held data synchronously. */
         r->paused = false;
         r->last_activity_ms = uv_now(&r->worker->loop);
-        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        upstream_resume(r->up);
     }
 }
 
@@ -398,29 +385,22 @@ static void on_link_dispose(void *p)
         return;
     client_gone(r);
     r->link = NULL;
-    if (r->attached && !r->upstream_over && r->worker->server->cfg->usage_drain_timeout_ms == 0) {
-        curl_uv_remove(r->worker->curl, r->easy);
-        r->attached = false;
-        r->result = CURLE_ABORTED_BY_CALLBACK;
-        relay_upstream_over(r);
-    }
+    if (r->up != NULL && r->worker->server->cfg->usage_drain_timeout_ms == 0)
+        cancel_transfer(r, false);
     relay_maybe_free(r);
 }
 
 /* ---- upstream answer ------------------------------------------------------------------ */
 
-static void start_response(relay_t *r)
+static void start_response(relay_t *r, const char *content_type, size_t ct_len)
 {
     h2o_req_t *req = r->req;
     req->res.status = r->status;
     req->res.reason = "OK";
-    char *ct = NULL;
-    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ct);
-    if (ct != NULL) {
-        size_t n = strlen(ct);
-        char *copy = h2o_mem_alloc_pool(&req->pool, n);
-        memcpy(copy, ct, n);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, copy, n);
+    if (content_type != NULL && ct_len > 0) {
+        char *copy = h2o_mem_alloc_pool(&req->pool, ct_len);
+        memcpy(copy, content_type, ct_len);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, copy, ct_len);
     }
     if (r->sse)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
@@ -431,21 +411,24 @@ static void start_response(relay_t *r)
     h2o_start_response(req, &r->generator);
 }
 
-static void on_first_byte(relay_t *r)
+static void on_upstream_sent(void *data)
 {
+    ((relay_t *)data)->request_sent = true;
+}
+
+static void on_upstream_head(void *data, int status, const char *content_type, size_t ct_len)
+{
+    relay_t *r = data;
     r->got_first_byte = true;
     r->ttfb_ms = (int64_t)(uv_now(&r->worker->loop) - r->start_ms);
-    long code = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
-    r->status = (int)code;
-    char *ct = NULL;
-    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ct);
-    bool ok = code >= 200 && code < 300;
-    r->sse = ok && ct != NULL && strncasecmp(ct, "text/event-stream", 17) == 0;
+    r->last_activity_ms = uv_now(&r->worker->loop);
+    r->status = status;
+    bool ok = status >= 200 && status < 300;
+    r->sse = ok && content_type != NULL && ct_len >= 17 && strncasecmp(content_type, "text/event-stream", 17) == 0;
     if (ok && !r->sse)
         usage_scan_init(&r->scan);
     if (r->req != NULL)
-        start_response(r);
+        start_response(r, content_type, ct_len);
 }
 
 static int on_sse_event(void *data, const sse_event_t *ev)
@@ -472,57 +455,60 @@ static int on_sse_event(void *data, const sse_event_t *ev)
     return 0;
 }
 
-static size_t on_upstream_data(char *ptr, size_t size, size_t nmemb, void *data)
+static bool on_upstream_writable(void *data)
 {
     relay_t *r = data;
-    size_t len = size * nmemb;
-    if (!r->got_first_byte)
-        on_first_byte(r);
     if (r->req != NULL && r->pending.len >= RELAY_PAUSE_AT) {
         r->paused = true;
-        return CURL_WRITEFUNC_PAUSE;
+        return false;
     }
-    r->last_activity_ms = uv_now(&r->worker->loop);
-    r->in_write_cb = true;
-    int err = 0;
-    if (r->sse) {
-        err = sse_parser_feed(&r->sse_parser, (const uint8_t *)ptr, len, on_sse_event, r);
-    } else {
-        if (r->scan != NULL)
-            usage_scan_feed(r->scan, (const uint8_t *)ptr, len);
-        r->output_bytes += len;
-        if (r->req != NULL)
-            err = wipe_buf_append(&r->pending, ptr, len);
-    }
-    flush(r);
-    r->in_write_cb = false;
-    if (err != 0)
-        return 0; /* an event over RELAY_MAX_EVENT or no memory: abort the transfer */
-    /* A client that left: once the usage is known there is nothing more to learn. */
-    if (r->req == NULL && r->usage.found)
-        return 0;
-    return len;
+    return true;
 }
 
-static void on_upstream_done(CURL *easy, CURLcode result, void *data)
+static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
 {
     relay_t *r = data;
-    (void)easy;
-    r->attached = false;
-    r->result = result;
+    r->last_activity_ms = uv_now(&r->worker->loop);
+    r->in_upstream_cb = true;
+    int err = 0;
+    if (r->sse) {
+        err = sse_parser_feed(&r->sse_parser, buf, len, on_sse_event, r);
+    } else {
+        if (r->scan != NULL)
+            usage_scan_feed(r->scan, buf, len);
+        r->output_bytes += len;
+        if (r->req != NULL)
+            err = wipe_buf_append(&r->pending, buf, len);
+    }
+    flush(r);
+    r->in_upstream_cb = false;
+    if (err != 0)
+        return err; /* an event over RELAY_MAX_EVENT or no memory: stop the upstream */
+    /* A client that left: once the usage is known there is nothing more to learn. */
+    if (r->req == NULL && r->usage.found)
+        return 1;
+    return 0;
+}
+
+static void on_upstream_done(void *data, int error)
+{
+    relay_t *r = data;
+    r->up = NULL;
+    r->error = error;
     if (r->sse && r->req != NULL)
         sse_parser_finish(&r->sse_parser, on_sse_event, r);
     if (!r->got_first_byte && r->req != NULL) {
         /* Nothing came back: answer in OpenAI's shape. */
-        bool timeout = result == CURLE_OPERATION_TIMEDOUT || r->timed_out;
+        bool timeout = error == -ETIMEDOUT || r->timed_out;
         r->status = timeout ? 504 : 502;
         r->final_sent = true;
-        log_debug("request %s: upstream %s failed: %s", r->request_id, r->route->provider, curl_easy_strerror(result));
+        log_info("request %s: upstream %s failed: %s", r->request_id, r->route->provider,
+                 timeout ? "timed out" : strerror(-error));
         send_error(r->req, r->request_id, r->status, timeout ? "upstream_timeout" : "upstream_error",
                    timeout ? "The upstream provider did not answer in time."
                            : "The upstream provider could not be reached.");
-    } else if (result != CURLE_OK && r->req == NULL && r->usage.found) {
-        r->result = CURLE_OK; /* we stopped reading on purpose once the usage was known */
+    } else if (error == -ECANCELED && r->req == NULL && r->usage.found) {
+        r->error = 0; /* stopped reading on purpose once the usage was known */
     }
     relay_upstream_over(r);
     flush(r);
@@ -531,12 +517,12 @@ static void on_upstream_done(CURL *easy, CURLcode result, void *data)
 
 static void cancel_transfer(relay_t *r, bool timeout)
 {
-    if (!r->attached)
+    if (r->up == NULL)
         return;
-    curl_uv_remove(r->worker->curl, r->easy);
-    r->attached = false;
+    upstream_cancel(r->up);
+    r->up = NULL;
     r->timed_out = timeout;
-    on_upstream_done(r->easy, timeout ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK, r);
+    on_upstream_done(r, timeout ? -ETIMEDOUT : -ECANCELED);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -611,61 +597,31 @@ static const snapshot_route_t *choose_route(const snapshot_model_t *m)
     return NULL;
 }
 
-static int on_prereq(void *data, char *primary_ip, char *local_ip, int primary_port, int local_port)
-{
-    (void)primary_ip, (void)local_ip, (void)primary_port, (void)local_port;
-    ((relay_t *)data)->request_sent = true;
-    return CURL_PREREQFUNC_OK;
-}
+static const upstream_cbs_t upstream_callbacks = {
+    .on_sent = on_upstream_sent,
+    .on_head = on_upstream_head,
+    .writable = on_upstream_writable,
+    .on_body = on_upstream_body,
+    .on_done = on_upstream_done,
+};
 
-static int setup_transfer(relay_t *r)
+static int start_upstream(relay_t *r)
 {
-    const llmrelay_config_t *cfg = r->worker->server->cfg;
     size_t ulen = strlen(r->route->base_url) + strlen(r->ep->upstream) + 1;
     r->url = malloc(ulen);
-    r->easy = curl_easy_init();
-    if (r->url == NULL || r->easy == NULL)
+    if (r->url == NULL)
         return -ENOMEM;
     snprintf(r->url, ulen, "%s%s", r->route->base_url, r->ep->upstream);
-
     uint32_t pick = 0;
     util_random_bytes(&pick, sizeof(pick));
-    const char *api_key = r->route->api_keys[pick % r->route->n_api_keys];
-    size_t alen = strlen(api_key) + 32;
-    char *auth = malloc(alen);
-    if (auth == NULL)
-        return -ENOMEM;
-    snprintf(auth, alen, "Authorization: Bearer %s", api_key);
-    r->headers = curl_slist_append(r->headers, auth);
-    explicit_bzero(auth, alen);
-    free(auth);
-    r->headers = curl_slist_append(r->headers, "Content-Type: application/json");
-    r->headers =
-        curl_slist_append(r->headers, r->info.stream ? "Accept: text/event-stream" : "Accept: application/json");
-    r->headers = curl_slist_append(r->headers, "Expect:");
-    r->headers = curl_slist_append(r->headers, "User-Agent: llmrelay/" LLMRELAY_VERSION);
-
-    CURL *e = r->easy;
-    curl_easy_setopt(e, CURLOPT_URL, r->url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, (char *)r->body.data);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.len);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_upstream_data);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-    curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->upstream_connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    server_curl_tls_setup(r->worker->server, e);
-    return 0;
+    upstream_request_t ureq = {
+        .url = r->url,
+        .api_key = r->route->api_keys[pick % r->route->n_api_keys],
+        .stream = r->info.stream,
+        .body = r->body.data,
+        .body_len = r->body.len,
+    };
+    return upstream_start(r->worker, &ureq, &upstream_callbacks, r, &r->up);
 }
 
 static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const char *request_id, int64_t ts_ms,
@@ -742,9 +698,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     int ret =
         reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err, sizeof(err));
     if (ret == 0)
-        ret = setup_transfer(r);
-    if (ret == 0)
-        ret = curl_uv_add(w->curl, r->easy, on_upstream_done, r);
+        ret = start_upstream(r);
     if (ret != 0) {
         r->status = ret == -EINVAL ? 400 : 503;
         r->final_sent = true;
@@ -753,7 +707,6 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
         relay_upstream_over(r);
         return;
     }
-    r->attached = true;
     uv_timer_start(&r->timer, on_timer, cfg->upstream_first_byte_timeout_ms, 0);
 #undef REFUSE
 }

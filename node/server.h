@@ -51,6 +51,7 @@ typedef struct worker {
     SSL_CTX *ssl_ctx;                    /* current; one reference held */
     size_t inflight;                     /* relays not yet finished (including drains) */
     bool draining;
+    void *upstream_h1; /* upstream_h1.c's per-worker state (socket pools, client context) */
     uv_timer_t housekeeping;
     uv_sem_t started, stopped;
     reset_entry_t resets[SERVER_RESET_SLOTS];
