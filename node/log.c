@@ -100,24 +100,24 @@ static size_t put_json_string(char *buf, size_t cap, size_t n, const char *s)
     return n;
 }
 
-void log_record_write(const log_record_t *r)
+size_t log_record_format(const log_record_t *r, char *line, size_t cap)
 {
-    char line[2048], ts[40];
+    char ts[40];
     size_t n = 0;
     format_ts(ts, sizeof(ts), r->ts_ms);
-#define APPEND(...) n += (size_t)snprintf(line + n, sizeof(line) - n, __VA_ARGS__)
+#define APPEND(...) n += (size_t)snprintf(line + n, n < cap ? cap - n : 0, __VA_ARGS__)
     APPEND("{\"type\":\"request\",\"ts\":\"%s\",\"request_id\":", ts);
-    n = put_json_string(line, sizeof(line), n, r->request_id);
+    n = put_json_string(line, cap, n, r->request_id);
     APPEND(",\"node\":");
-    n = put_json_string(line, sizeof(line), n, r->node);
+    n = put_json_string(line, cap, n, r->node);
     APPEND(",\"key_id\":");
-    n = put_json_string(line, sizeof(line), n, r->key_id);
+    n = put_json_string(line, cap, n, r->key_id);
     APPEND(",\"model\":");
-    n = put_json_string(line, sizeof(line), n, r->model);
+    n = put_json_string(line, cap, n, r->model);
     APPEND(",\"endpoint\":");
-    n = put_json_string(line, sizeof(line), n, r->endpoint);
+    n = put_json_string(line, cap, n, r->endpoint);
     APPEND(",\"provider\":");
-    n = put_json_string(line, sizeof(line), n, r->provider);
+    n = put_json_string(line, cap, n, r->provider);
     APPEND(",\"status\":%d,\"input_tokens\":%lld,\"cached_input_tokens\":%lld,\"output_tokens\":%lld,"
            "\"reasoning_tokens\":%lld,\"usd\":%.6f,\"latency_ms\":%lld,\"ttfb_ms\":%lld,\"stream\":%s,"
            "\"estimated\":%s}\n",
@@ -125,7 +125,18 @@ void log_record_write(const log_record_t *r)
            (long long)r->reasoning_tokens, r->usd, (long long)r->latency_ms, (long long)r->ttfb_ms,
            r->stream ? "true" : "false", r->estimated ? "true" : "false");
 #undef APPEND
-    if (n >= sizeof(line))
-        n = sizeof(line) - 1;
-    write_all(1, line, n);
+    return n < cap ? n : 0;
+}
+
+void log_record_write(const log_record_t *r)
+{
+    char line[2048];
+    size_t n = log_record_format(r, line, sizeof(line));
+    if (n > 0)
+        write_all(1, line, n);
+}
+
+void log_records_flush(const char *buf, size_t len)
+{
+    write_all(1, buf, len);
 }

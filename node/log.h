@@ -8,6 +8,7 @@
 #define LLMRELAY_NODE_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
@@ -38,6 +39,12 @@ typedef struct log_record {
     bool stream, estimated;
 } log_record_t;
 
+/* Formats r as one JSON line (with its '\n') into buf; returns its length, or 0 when cap
+ * is too small. */
+size_t log_record_format(const log_record_t *r, char *buf, size_t cap);
+/* Writes one record at once. */
 void log_record_write(const log_record_t *r);
+/* Writes already formatted lines (whole lines only) in one write(2). */
+void log_records_flush(const char *buf, size_t len);
 
 #endif

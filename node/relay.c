@@ -108,7 +108,7 @@ static int64_t realtime_ms(void)
 
 /* ---- request helpers ---------------------------------------------------------------- */
 
-static void request_id_for(h2o_req_t *req, char out[65])
+static void request_id_for(worker_t *w, h2o_req_t *req, char out[65])
 {
     ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
     if (i >= 0) {
@@ -119,7 +119,7 @@ static void request_id_for(h2o_req_t *req, char out[65])
             return;
         }
     }
-    util_request_id_new(out);
+    snprintf(out, 65, "%016llx%016llx", (unsigned long long)worker_rand(w), (unsigned long long)worker_rand(w));
 }
 
 /* The relay key from `Authorization: Bearer`; NULL when absent. */
@@ -157,7 +157,7 @@ static void log_early(worker_t *w, const char *request_id, const snapshot_key_t 
         .latency_ms = (int64_t)(uv_now(&w->loop) - start_ms),
         .ttfb_ms = -1,
     };
-    log_record_write(&rec);
+    worker_log_record(w, &rec);
 }
 
 static void send_error(h2o_req_t *req, const char *request_id, int status, const char *code, const char *message)
@@ -293,7 +293,7 @@ static void relay_upstream_over(relay_t *r)
         .stream = r->info.stream,
         .estimated = estimated,
     };
-    log_record_write(&rec);
+    worker_log_record(r->worker, &rec);
     r->logged = true;
     server_relay_finished(r->worker);
 }
@@ -507,6 +507,8 @@ static void on_upstream_done(void *data, int error)
         send_error(r->req, r->request_id, r->status, timeout ? "upstream_timeout" : "upstream_error",
                    timeout ? "The upstream provider did not answer in time."
                            : "The upstream provider could not be reached.");
+    } else if (!r->got_first_byte) {
+        r->status = 499; /* the client left before the upstream answered */
     } else if (error == -ECANCELED && r->req == NULL && r->usage.found) {
         r->error = 0; /* stopped reading on purpose once the usage was known */
     }
@@ -562,7 +564,7 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- starting a relay ------------------------------------------------------------------ */
 
-static const snapshot_route_t *choose_route(const snapshot_model_t *m)
+static const snapshot_route_t *choose_route(worker_t *w, const snapshot_model_t *m)
 {
     /* Highest priority first; weighted choice among the routes sharing it. Only OpenAI-type
      * providers are served by this node version. */
@@ -583,9 +585,7 @@ static const snapshot_route_t *choose_route(const snapshot_model_t *m)
     }
     if (!any)
         return NULL;
-    uint64_t pick;
-    util_random_bytes(&pick, sizeof(pick));
-    pick %= total;
+    uint64_t pick = worker_rand(w) % total;
     for (size_t i = 0; i < m->n_routes; i++) {
         const snapshot_route_t *rt = &m->routes[i];
         if (strcmp(rt->type, "openai") != 0 || rt->n_api_keys == 0 || rt->priority != best)
@@ -612,8 +612,7 @@ static int start_upstream(relay_t *r)
     if (r->url == NULL)
         return -ENOMEM;
     snprintf(r->url, ulen, "%s%s", r->route->base_url, r->ep->upstream);
-    uint32_t pick = 0;
-    util_random_bytes(&pick, sizeof(pick));
+    uint64_t pick = worker_rand(r->worker);
     upstream_request_t ureq = {
         .url = r->url,
         .api_key = r->route->api_keys[pick % r->route->n_api_keys],
@@ -655,7 +654,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     model_name = model->name;
     if (!snapshot_key_allows(key, model->name))
         REFUSE(403, "model_not_allowed", "This API key may not use this model.");
-    const snapshot_route_t *route = choose_route(model);
+    const snapshot_route_t *route = choose_route(w, model);
     if (route == NULL)
         REFUSE(503, "upstream_error", "No provider of a supported type serves this model.");
 
@@ -718,7 +717,7 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
     uint64_t start_ms = uv_now(&w->loop);
     int64_t ts_ms = realtime_ms();
     char request_id[65];
-    request_id_for(req, request_id);
+    request_id_for(w, req, request_id);
     h2o_iovec_t path = req->path_normalized;
 
     for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++) {

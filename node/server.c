@@ -274,6 +274,31 @@ static void on_worker_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
     }
 }
 
+#define WORKER_LOG_BUF (64 * 1024)
+
+static void flush_log(worker_t *w)
+{
+    if (w->log_len > 0) {
+        log_records_flush(w->log_buf, w->log_len);
+        w->log_len = 0;
+    }
+}
+
+static void on_log_flush(uv_check_t *c)
+{
+    flush_log(c->data);
+}
+
+void worker_log_record(worker_t *w, const log_record_t *rec)
+{
+    if (WORKER_LOG_BUF - w->log_len < 2048)
+        flush_log(w);
+    size_t n = log_record_format(rec, w->log_buf + w->log_len, WORKER_LOG_BUF - w->log_len);
+    if (n == 0)
+        log_record_write(rec);
+    w->log_len += n;
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
     worker_t *w = t->data;
@@ -307,12 +332,20 @@ static void worker_main(void *arg)
         uv_listen((uv_stream_t *)&w->listen_plain, 1024, on_accept);
     }
     w->listening = true;
+    w->log_buf = malloc(WORKER_LOG_BUF);
+    if (w->log_buf == NULL)
+        abort();
+    uv_check_init(&w->loop, &w->log_flush);
+    w->log_flush.data = w;
+    uv_check_start(&w->log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&w->log_flush);
     uv_timer_init(&w->loop, &w->housekeeping);
     w->housekeeping.data = w;
     uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
     uv_unref((uv_handle_t *)&w->housekeeping);
     uv_sem_post(&w->started);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    flush_log(w);
     /* Stopped: tell the main thread, then park until the process exits. A worker never
      * returns, so the thread-local caches h2o keeps (recycled buffers and pool chunks,
      * which no public API empties) stay reachable instead of being reported as leaks. */
@@ -396,6 +429,8 @@ int server_start(server_t *s, const llmrelay_config_t *cfg, uv_loop_t *main_loop
         w->server = s;
         w->index = i;
         w->fd_tls = w->fd_plain = -1;
+        util_random_bytes(w->rng, sizeof(w->rng));
+        w->rng[0] |= 1;
         if (cfg->listen != NULL && cfg->listen[0] != '\0') {
             if ((w->fd_tls = bind_reuseport(cfg->listen, err, errlen)) < 0)
                 return w->fd_tls;

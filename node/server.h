@@ -20,6 +20,7 @@
 
 #include "cluster/curl_uv.h"
 #include "node/config.h"
+#include "node/log.h"
 #include "node/snapshot.h"
 
 typedef struct server server_t;
@@ -52,7 +53,11 @@ typedef struct worker {
     size_t inflight;                     /* relays not yet finished (including drains) */
     bool draining;
     void *upstream_h1; /* upstream_h1.c's per-worker state (socket pools, client context) */
+    uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
+    uv_check_t log_flush; /* writes the batched metadata lines once per loop iteration */
+    char *log_buf;
+    size_t log_len;
     uv_sem_t started, stopped;
     reset_entry_t resets[SERVER_RESET_SLOTS];
 } worker_t;
@@ -96,6 +101,20 @@ static inline worker_t *worker_of(h2o_req_t *req)
 {
     return (worker_t *)req->conn->ctx;
 }
+
+/* A non-secret pseudo-random number (load spreading, request ids): xorshift128+. */
+static inline uint64_t worker_rand(worker_t *w)
+{
+    uint64_t x = w->rng[0], y = w->rng[1];
+    w->rng[0] = y;
+    x ^= x << 23;
+    w->rng[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return w->rng[1] + y;
+}
+
+/* Queues one metadata record; the worker writes its queued lines in one write(2) at the
+ * end of the loop iteration (or when the batch is full). */
+void worker_log_record(worker_t *w, const log_record_t *rec);
 
 /* A relay of this worker has ended (its upstream transfer is over); drain accounting. */
 void server_relay_finished(worker_t *w);
