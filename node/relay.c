@@ -78,7 +78,8 @@ struct relay {
     wipe_buf_t body;   /* request body as sent upstream */
     char *url;
     upstream_t *up;    /* NULL once the upstream request is over */
-    bool request_sent; /* the request is about to leave (or has left) for the upstream */
+    bool start_pending; /* the upstream request starts on the next loop iteration */
+    bool request_sent;  /* the request is about to leave (or has left) for the upstream */
     bool upstream_over;
     int error; /* the upstream request's end: 0 or a negative errno (upstream.h) */
     bool timed_out;
@@ -93,7 +94,7 @@ struct relay {
     size_t output_bytes;
 
     uv_timer_t timer;
-    uint64_t start_ms, last_activity_ms, drain_deadline_ms;
+    uint64_t start_ms, start_ms_upstream, last_activity_ms, drain_deadline_ms;
     int64_t ts_ms, ttfb_ms;
     bool logged;
     char request_id[65];
@@ -342,6 +343,12 @@ static void client_gone(relay_t *r)
         server_count_reset(r->worker, r->conn, r->http_version);
     if (r->upstream_over)
         return;
+    if (r->start_pending) {
+        r->start_pending = false;
+        r->status = 499;
+        relay_upstream_over(r);
+        return;
+    }
     if (!r->request_sent) {
         /* Nothing reached the upstream yet (a stream reset right after it was opened):
          * there is no usage to learn, so no upstream work is done at all. */
@@ -527,17 +534,23 @@ static void cancel_transfer(relay_t *r, bool timeout)
     on_upstream_done(r, timeout ? -ETIMEDOUT : -ECANCELED);
 }
 
+static void begin_upstream(relay_t *r);
+
 static void on_timer(uv_timer_t *t)
 {
     relay_t *r = t->data;
     const llmrelay_config_t *cfg = r->worker->server->cfg;
     uint64_t now = uv_now(&r->worker->loop), next;
+    if (r->start_pending) {
+        begin_upstream(r);
+        return;
+    }
     if (r->req == NULL && r->drain_deadline_ms != 0 && now >= r->drain_deadline_ms) {
         cancel_transfer(r, false);
         return;
     }
     if (!r->got_first_byte) {
-        uint64_t deadline = r->start_ms + cfg->upstream_first_byte_timeout_ms;
+        uint64_t deadline = r->start_ms_upstream + cfg->upstream_first_byte_timeout_ms;
         if (now >= deadline) {
             log_info("request %s: no first byte from %s within %llu ms", r->request_id, r->route->provider,
                      (unsigned long long)cfg->upstream_first_byte_timeout_ms);
@@ -696,18 +709,38 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     };
     int ret =
         reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err, sizeof(err));
-    if (ret == 0)
-        ret = start_upstream(r);
     if (ret != 0) {
         r->status = ret == -EINVAL ? 400 : 503;
         r->final_sent = true;
         send_error(req, request_id, r->status, ret == -EINVAL ? "invalid_request" : "unavailable",
-                   ret == -EINVAL ? err : "The relay could not start the upstream request.");
+                   ret == -EINVAL ? err : "The relay is out of memory.");
         relay_upstream_over(r);
         return;
     }
-    uv_timer_start(&r->timer, on_timer, cfg->upstream_first_byte_timeout_ms, 0);
+    /* The upstream request starts on the next loop iteration: a stream the client resets
+     * in the same packet (HTTP/2 Rapid Reset) is gone by then and costs the upstream
+     * nothing. */
+    r->start_pending = true;
+    uv_timer_start(&r->timer, on_timer, 0, 0);
 #undef REFUSE
+}
+
+/* Starts the upstream request (from the relay's timer, one loop iteration after the
+ * request arrived). */
+static void begin_upstream(relay_t *r)
+{
+    r->start_pending = false;
+    int ret = start_upstream(r);
+    if (ret != 0) {
+        log_warn("request %s: cannot start the upstream request: %s", r->request_id, strerror(-ret));
+        r->status = 503;
+        r->final_sent = true;
+        send_error(r->req, r->request_id, r->status, "unavailable", "The relay could not start the upstream request.");
+        relay_upstream_over(r);
+        return;
+    }
+    r->start_ms_upstream = uv_now(&r->worker->loop);
+    uv_timer_start(&r->timer, on_timer, r->worker->server->cfg->upstream_first_byte_timeout_ms, 0);
 }
 
 int relay_on_req(h2o_handler_t *self, h2o_req_t *req)

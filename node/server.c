@@ -37,6 +37,7 @@
 
 #include "node/log.h"
 #include "node/relay.h"
+#include "node/upstream_h1.h"
 #include "node/util.h"
 
 enum { MSG_SNAPSHOT, MSG_TLS, MSG_DRAIN, MSG_STOP, MSG_DRAINED };
@@ -311,6 +312,8 @@ static void worker_main(void *arg)
     server_t *s = w->server;
     h2o_context_init(&w->ctx, &w->loop, &s->globalconf);
     h2o_multithread_register_receiver(w->ctx.queue, &w->receiver, on_worker_msg);
+    if (upstream_h1_worker_init(w) != 0)
+        abort();
     w->curl = curl_uv_create(&w->loop);
     if (w->curl == NULL)
         abort();

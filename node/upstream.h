@@ -67,7 +67,7 @@ int upstream_h1_start(struct worker *w, const upstream_request_t *req, const ups
                       upstream_t **out);
 
 /* True when libcurl would send a request for url through a proxy, given the process's
- * environment (http_proxy / HTTP_PROXY for http://, https_proxy / HTTPS_PROXY for
+ * environment (http_proxy for http:// — curl ignores the uppercase HTTP_PROXY —, https_proxy / HTTPS_PROXY for
  * https://, ALL_PROXY, and NO_PROXY / no_proxy with curl's matching rules). */
 bool upstream_proxy_applies(const char *url);
 

@@ -1,0 +1,4 @@
+# Upstream client: backend dispatch and proxy rules (upstream.c), h2o's HTTP/1.1 client for
+# cleartext upstreams (upstream_h1.c). The curl backend (upstream_curl.c) has its own line.
+list(APPEND CORE_SOURCES node/upstream.c node/upstream_h1.c)
+llmrelay_unit_test(test_upstream node/tests/test_upstream.c node/upstream.c node/upstream_h1.c node/wipe.c)
