@@ -707,8 +707,13 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
         .default_max_output_tokens = 0,
         .info = &info,
     };
-    int ret =
-        reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err, sizeof(err));
+    /* Most requests need no change (same model name upstream, non-stream): then the body
+     * goes up as it came, without a second parse. */
+    bool unchanged = strcmp(route->upstream_model, info.model) == 0 && !(rw.include_usage && info.include_usage != 1) &&
+                     !(rw.store_false_by_default && info.store == -1);
+    int ret = unchanged ? wipe_buf_append(&r->body, req->entity.base, req->entity.len)
+                        : reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body,
+                                          err, sizeof(err));
     if (ret != 0) {
         r->status = ret == -EINVAL ? 400 : 503;
         r->final_sent = true;

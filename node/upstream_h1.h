@@ -16,7 +16,7 @@
 /* Upstream hosts (host:port pairs) with a socket pool per worker; further hosts go to curl. */
 #define UPSTREAM_H1_MAX_POOLS 64
 /* Idle keep-alive connections kept per pool; a connection finishing past this is closed. */
-#define UPSTREAM_H1_MAX_IDLE 128
+#define UPSTREAM_H1_MAX_IDLE 1024
 /* How long an idle pooled connection is kept (h2o's proxy default): short enough that
  * upstream servers (typically 5 s or more) rarely close one under us. */
 #define UPSTREAM_H1_POOL_IDLE_MS 2000
