@@ -1,3 +1,4 @@
+# ctest-labels: sanitize
 """Shared configuration through etcd: a key made on one node works on another without a
 restart and a revoked key is refused everywhere (propagation times are printed); a node cut
 off from etcd keeps serving on its cached snapshot and says so in /readyz, a node restarted

@@ -1,3 +1,4 @@
+# ctest-labels: sanitize
 """Bad requests and bad upstreams get the contract's answers (OpenAI error shape, status and
 code), the node shuts out HTTP/2 rapid-reset abuse with GOAWAY without starting upstream
 work, refuses TLS 1.2 clients unless told otherwise, and stays healthy through all of it.
