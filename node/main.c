@@ -24,6 +24,7 @@
 #include "cluster/curl_uv.h"
 #include "cluster/etcd.h"
 #include "node/admin.h"
+#include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
 #include "node/server.h"
@@ -31,6 +32,8 @@
 
 typedef struct node {
     llmrelay_config_t cfg;
+    node_clock_t clock;
+    uv_timer_t clock_timer;
     uv_loop_t *loop;
     server_t server;
     curl_uv_t *curl;
@@ -108,6 +111,13 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_timer_start(&n->shutdown_timer, on_shutdown_timeout, n->cfg.shutdown_timeout_ms, 0);
 }
 
+static void on_clock_timer(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    if (clock_poll(&n->clock))
+        log_info("test clock: offset now %lld ms", (long long)atomic_load(&n->clock.offset_ms));
+}
+
 static int make_data_dir(const char *path)
 {
     if (mkdir(path, 0700) != 0 && errno != EEXIST)
@@ -141,8 +151,20 @@ int main(int argc, char **argv)
     n->snapshot_path = malloc(plen);
     snprintf(n->snapshot_path, plen, "%s/snapshot.pb", n->cfg.data_dir);
 
+    if ((ret = clock_init(&n->clock)) != 0) {
+        fprintf(stderr, "llmrelay: cannot read LLMRELAY_CLOCK_FILE: %s\n", strerror(-ret));
+        return 2;
+    }
     n->loop = uv_default_loop();
-    if ((ret = server_start(&n->server, &n->cfg, n->loop, err, sizeof(err))) != 0) {
+    if (n->clock.file != NULL) {
+        log_warn("test clock: LLMRELAY_CLOCK_FILE is set, calendar time is offset by %lld ms",
+                 (long long)atomic_load(&n->clock.offset_ms));
+        uv_timer_init(n->loop, &n->clock_timer);
+        n->clock_timer.data = n;
+        uv_timer_start(&n->clock_timer, on_clock_timer, 100, 100);
+        uv_unref((uv_handle_t *)&n->clock_timer);
+    }
+    if ((ret = server_start(&n->server, &n->cfg, &n->clock, n->loop, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
     }

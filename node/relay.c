@@ -100,13 +100,6 @@ struct relay {
     char request_id[65];
 };
 
-static int64_t realtime_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- request helpers ---------------------------------------------------------------- */
 
 static void request_id_for(worker_t *w, h2o_req_t *req, char out[65])
@@ -187,7 +180,7 @@ static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, const cha
         send_error(req, request_id, 401, "invalid_api_key", "Incorrect or revoked API key provided.");
         return NULL;
     }
-    if (key->expires_at != 0 && key->expires_at <= realtime_ms() / 1000) {
+    if (key->expires_at != 0 && key->expires_at <= clock_now_ms(w->server->clock) / 1000) {
         send_error(req, request_id, 401, "invalid_api_key", "This API key has expired.");
         return NULL;
     }
@@ -753,7 +746,7 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
     (void)self;
     worker_t *w = worker_of(req);
     uint64_t start_ms = uv_now(&w->loop);
-    int64_t ts_ms = realtime_ms();
+    int64_t ts_ms = clock_now_ms(w->server->clock);
     char request_id[65];
     request_id_for(w, req, request_id);
     h2o_iovec_t path = req->path_normalized;

@@ -409,10 +409,12 @@ static int load_upstream_cas(server_t *s, char *err, size_t errlen)
     return 0;
 }
 
-int server_start(server_t *s, const llmrelay_config_t *cfg, uv_loop_t *main_loop, char *err, size_t errlen)
+int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, uv_loop_t *main_loop, char *err,
+                 size_t errlen)
 {
     memset(s, 0, sizeof(*s));
     s->cfg = cfg;
+    s->clock = clock;
     s->main_loop = main_loop;
     /* Content never goes to disk: h2o must not spill big buffers into temp files. */
     h2o_socket_buffer_mmap_settings.threshold = SIZE_MAX;

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "cluster/curl_uv.h"
+#include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
 #include "node/snapshot.h"
@@ -64,6 +65,7 @@ typedef struct worker {
 
 struct server {
     const llmrelay_config_t *cfg;
+    const node_clock_t *clock; /* calendar time (test-controllable); owned by main */
     h2o_globalconf_t globalconf;
     X509_STORE *upstream_extra_cas; /* certificates of --upstream-ca-file, or NULL */
     STACK_OF(X509) * upstream_cas;
@@ -78,7 +80,8 @@ struct server {
 
 /* Binds every listener (so an address in use is reported at once), builds the TLS context
  * and starts cfg->workers threads. Returns 0 or a negative error with a message in err. */
-int server_start(server_t *s, const llmrelay_config_t *cfg, uv_loop_t *main_loop, char *err, size_t errlen);
+int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, uv_loop_t *main_loop, char *err,
+                 size_t errlen);
 
 /* Gives every worker the new snapshot (each takes its own reference). Main thread only. */
 void server_publish(server_t *s, snapshot_t *snap);
