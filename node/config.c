@@ -36,6 +36,7 @@ enum opt_kind {
     OPT_PREFIX,    /* non-empty, normalised to end with '/' */
     OPT_BOOL,
     OPT_WORKERS,
+    OPT_TOKENS,
     OPT_LOG_LEVEL,
     OPT_TLS_VERSION,
     OPT_SIZE,
@@ -96,6 +97,8 @@ static const struct opt options[] = {
      "upstream time to first byte"},
     {"upstream-idle-timeout", OPT_DURATION, FIELD(upstream_idle_timeout_ms), OPT_NONZERO, "DUR", "300s",
      "longest silence within an upstream response"},
+    {"default-max-output-tokens", OPT_TOKENS, FIELD(default_max_output_tokens), 0, "N", "4096",
+     "output bound set upstream when a request gives none (1..10000000)"},
     {"version", OPT_VERSION, NO_FIELD, 0, NULL, NULL, "print the version and exit"},
     {"help", OPT_HELP, NO_FIELD, 0, NULL, NULL, "print this help and exit"},
 };
@@ -366,6 +369,16 @@ static int opt_apply(llmrelay_config_t *cfg, const struct opt *o, const char *va
             return -EINVAL;
         }
         *(int *)field = (int)n;
+        return 0;
+    }
+    case OPT_TOKENS: {
+        uint64_t n;
+        const char *end;
+        if (parse_u64_prefix(value, &n, &end) != 0 || *end != '\0' || n < 1 || n > 10000000) {
+            snprintf(msg, msglen, "invalid token count \"%.*s\" (want 1..10000000)", VALUE_SHOWN, value);
+            return -EINVAL;
+        }
+        *(int64_t *)field = (int64_t)n;
         return 0;
     }
     case OPT_LOG_LEVEL:

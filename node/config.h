@@ -66,6 +66,8 @@ typedef struct llmrelay_config {
     uint64_t upstream_connect_timeout_ms;    /* default 10 s; > 0 */
     uint64_t upstream_first_byte_timeout_ms; /* default 600 s; > 0 */
     uint64_t upstream_idle_timeout_ms;       /* default 300 s; > 0 */
+    int64_t default_max_output_tokens;       /* default 4096: the output bound the relay sets upstream
+                                                when a request gives none, so its reservation holds */
 } llmrelay_config_t;
 
 /* Fills *cfg (which need not be initialised) from defaults, the --config file and argv.

@@ -108,6 +108,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.tls_min_version, TLS1_3_VERSION);
     assert_int_equal(cfg.max_body, 32ULL << 20);
     assert_int_equal(cfg.usage_drain_timeout_ms, 30000);
+    assert_int_equal(cfg.default_max_output_tokens, 4096);
     assert_int_equal(cfg.shutdown_timeout_ms, 60000);
     assert_int_equal(cfg.retention_ms, 7ULL * 86400 * 1000);
     assert_null(cfg.secrets_key_file);
@@ -411,6 +412,16 @@ static void test_flag_errors(void **state)
     expect_error("--tls-cert: needs --tls-key", NULL, "--tls-cert", "c.pem", NULL);
     expect_error("--tls-key: needs --tls-cert", NULL, "--tls-key", "k.pem", NULL);
     expect_error("--tls-self-signed", "boolean", "--tls-self-signed=maybe", NULL);
+
+    expect_error("--default-max-output-tokens", "1..10000000", "--default-max-output-tokens", "0", NULL);
+    expect_error("--default-max-output-tokens", "1..10000000", "--default-max-output-tokens=10000001", NULL);
+    expect_error("--default-max-output-tokens", "1..10000000", "--default-max-output-tokens", "12k", NULL);
+    {
+        llmrelay_config_t cfg;
+        assert_int_equal(parse(&cfg, "--default-max-output-tokens", "256", NULL), 0);
+        assert_int_equal(cfg.default_max_output_tokens, 256);
+        config_dispose(&cfg);
+    }
 
     /* Every value-taking flag: missing at the end, followed by another flag, and empty. */
     for (size_t i = 0; i < N_ALL; i++) {
