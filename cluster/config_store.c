@@ -16,11 +16,19 @@
  *   iteration) and saved to the snapshot file at most once per SAVE_INTERVAL_MS (tmp +
  *   fsync + rename, mode 0600).
  * - Until the first load from etcd succeeds, the view is the snapshot file's content.
+ * - Secrets at rest: provider records are opened as they enter a table or the file view
+ *   (provider_open: each sealed api_keys[i] replaced in place by its plaintext), and a
+ *   sealed copy is made for every write out (put_provider, snapshot save); the tables never
+ *   hold ciphertext and no plaintext leaves memory. Provider messages are wiped before
+ *   they are freed (msg_free). AAD "provider:<record id>:api_key:<index>": the record id
+ *   is the etcd key's last component (put_provider writes providers/<name>), the name in
+ *   the snapshot file.
  */
 #include "cluster/config_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +41,9 @@
 #define RETRY_MIN_MS 200
 #define RETRY_MAX_MS 5000
 #define MAX_SNAPSHOT_FILE (512u << 20)
+#define LOG_LINE_MAX 512
+#define LOG_NAME_MAX 64
+#define LEGACY_WARNED_MAX 4096 /* names remembered for the once-per-provider warning */
 
 enum table_kind { T_PROVIDERS, T_KEYS, T_TOKENS, T_COUNT };
 
@@ -89,6 +100,12 @@ struct config_store {
     bool save_pending;
     uint64_t last_save_ms;
     struct write_ctx *writes;
+
+    secrets_key_t key; /* key.loaded false: no secrets key, plaintext at rest */
+    config_store_log_cb log_cb;
+    void *log_data;
+    char **legacy_warned; /* providers already logged as holding plaintext keys */
+    size_t n_legacy_warned;
 };
 
 static const ProtobufCMessageDescriptor *table_desc(enum table_kind k)
@@ -103,12 +120,174 @@ static const ProtobufCMessageDescriptor *table_desc(enum table_kind k)
     }
 }
 
+/* --- logging ------------------------------------------------------------------------ */
+static void slog(const config_store_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void slog(const config_store_t *s, int level, const char *fmt, ...)
+{
+    char line[LOG_LINE_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (s->log_cb != NULL) {
+        s->log_cb(level, line, s->log_data);
+        return;
+    }
+    const char *name = level >= CONFIG_STORE_LOG_ERROR ? "error" : level == CONFIG_STORE_LOG_WARN ? "warn" : "info";
+    fprintf(stderr, "llmrelay config_store %s: %s\n", name, line);
+}
+
+/* A provider name made safe for a log line: [A-Za-z0-9._:-] kept, anything else '?',
+ * bounded (names come from etcd; a newline must not forge a log line). */
+static const char *log_name(const char *name, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (const char *c = name ? name : ""; *c != '\0' && n + 4 < cap && n < LOG_NAME_MAX; c++) {
+        char ch = *c;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                  ch == '_' || ch == ':' || ch == '-';
+        buf[n++] = ok ? ch : '?';
+    }
+    if (name != NULL && strlen(name) > n)
+        for (int i = 0; i < 3 && n + 1 < cap; i++)
+            buf[n++] = '.';
+    buf[n] = '\0';
+    return buf;
+}
+
+/* --- secrets at rest ---------------------------------------------------------------- */
+static int api_key_aad(char *buf, size_t cap, const char *record, size_t index)
+{
+    int n = snprintf(buf, cap, "provider:%s:api_key:%zu", record ? record : "", index);
+    return n < 0 || (size_t)n >= cap ? -EINVAL : n;
+}
+
+/* Frees a message; a provider's api_keys (plaintext in memory) are wiped first. */
+static void msg_free(ProtobufCMessage *msg)
+{
+    if (msg == NULL)
+        return;
+    if (msg->descriptor == &llmrelay__provider__descriptor) {
+        Llmrelay__Provider *p = (Llmrelay__Provider *)msg;
+        for (size_t i = 0; i < p->n_api_keys; i++)
+            if (p->api_keys[i] != NULL)
+                explicit_bzero(p->api_keys[i], strlen(p->api_keys[i]));
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void snapshot_free(Llmrelay__Snapshot *snap)
+{
+    if (snap == NULL)
+        return;
+    for (size_t i = 0; i < snap->n_providers; i++) {
+        Llmrelay__Provider *p = snap->providers[i];
+        for (size_t j = 0; p != NULL && j < p->n_api_keys; j++)
+            if (p->api_keys[j] != NULL)
+                explicit_bzero(p->api_keys[j], strlen(p->api_keys[j]));
+    }
+    llmrelay__snapshot__free_unpacked(snap, NULL);
+}
+
+/* Logs "stored in plaintext" once per provider name. */
+static void warn_legacy(config_store_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_legacy_warned; i++)
+        if (strcmp(s->legacy_warned[i], name) == 0)
+            return;
+    if (s->n_legacy_warned < LEGACY_WARNED_MAX) {
+        char **arr = realloc(s->legacy_warned, (s->n_legacy_warned + 1) * sizeof(*arr));
+        char *dup = strdup(name);
+        if (arr != NULL)
+            s->legacy_warned = arr;
+        if (arr != NULL && dup != NULL)
+            s->legacy_warned[s->n_legacy_warned++] = dup;
+        else
+            free(dup);
+    }
+    char nb[LOG_NAME_MAX + 8];
+    slog(s, CONFIG_STORE_LOG_WARN,
+         "provider %s: upstream API keys are stored unencrypted (written before --secrets-key-file was set); "
+         "re-save the provider to encrypt them",
+         log_name(name, nb, sizeof(nb)));
+}
+
+/* Replaces, in place, every sealed api_keys[i] of p (unpacked with the default allocator)
+ * by its plaintext; values that do not open are removed. record: the AAD's record name. */
+static void provider_open(config_store_t *s, Llmrelay__Provider *p, const char *record)
+{
+    size_t kept = 0, failed = 0;
+    bool legacy = false;
+    for (size_t i = 0; i < p->n_api_keys; i++) {
+        char *v = p->api_keys[i];
+        if (!secrets_is_sealed(v)) {
+            legacy |= s->key.loaded;
+            p->api_keys[kept++] = v;
+            continue;
+        }
+        char aad[320];
+        int aad_len = api_key_aad(aad, sizeof(aad), record, i);
+        uint8_t *plain = NULL;
+        size_t len = 0;
+        if (s->key.loaded && aad_len > 0 &&
+            secrets_open(&s->key, v, (const uint8_t *)aad, (size_t)aad_len, &plain, &len) == 0) {
+            p->api_keys[kept++] = (char *)plain; /* NUL-terminated */
+        } else {
+            failed++;
+        }
+        free(v); /* ciphertext */
+    }
+    p->n_api_keys = kept;
+    char nb[LOG_NAME_MAX + 8];
+    if (legacy)
+        warn_legacy(s, record);
+    if (failed > 0 && s->key.loaded)
+        slog(s, CONFIG_STORE_LOG_ERROR,
+             "provider %s: %zu upstream API key(s) cannot be decrypted (wrong --secrets-key-file, or altered); "
+             "the provider keeps only the keys that opened until it is re-saved",
+             log_name(record, nb, sizeof(nb)), failed);
+    else if (failed > 0)
+        slog(s, CONFIG_STORE_LOG_ERROR,
+             "provider %s: %zu upstream API key(s) are encrypted but no --secrets-key-file is set; ignored",
+             log_name(record, nb, sizeof(nb)), failed);
+}
+
+static void sealed_free(char **arr, size_t n)
+{
+    for (size_t i = 0; arr != NULL && i < n; i++)
+        free(arr[i]);
+    free(arr);
+}
+
+/* *out: p's api_keys sealed for record (n_api_keys strings; sealed_free). */
+static int provider_seal(const config_store_t *s, const Llmrelay__Provider *p, const char *record, char ***out)
+{
+    *out = NULL;
+    char **arr = calloc(p->n_api_keys ? p->n_api_keys : 1, sizeof(*arr));
+    if (arr == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < p->n_api_keys; i++) {
+        char aad[320];
+        int aad_len = api_key_aad(aad, sizeof(aad), record, i);
+        const char *v = p->api_keys[i] ? p->api_keys[i] : "";
+        int rc = aad_len < 0 ? aad_len
+                             : secrets_seal(&s->key, (const uint8_t *)v, strlen(v), (const uint8_t *)aad,
+                                            (size_t)aad_len, &arr[i]);
+        if (rc != 0) {
+            sealed_free(arr, p->n_api_keys);
+            return rc == -ENOMEM ? rc : -EIO;
+        }
+    }
+    *out = arr;
+    return 0;
+}
+
 /* --- tables ------------------------------------------------------------------------- */
 static void table_clear(struct table *t)
 {
     for (size_t i = 0; i < t->n; i++) {
         free(t->recs[i].id);
-        protobuf_c_message_free_unpacked(t->recs[i].msg, NULL);
+        msg_free(t->recs[i].msg);
     }
     free(t->recs);
     memset(t, 0, sizeof(*t));
@@ -140,7 +319,7 @@ static int table_put(struct table *t, const char *id, ProtobufCMessage *msg)
     bool found;
     size_t i = table_find(t, id, &found);
     if (found) {
-        protobuf_c_message_free_unpacked(t->recs[i].msg, NULL);
+        msg_free(t->recs[i].msg);
         t->recs[i].msg = msg;
         return 0;
     }
@@ -148,7 +327,7 @@ static int table_put(struct table *t, const char *id, ProtobufCMessage *msg)
         size_t cap = t->cap ? t->cap * 2 : 16;
         struct rec *r = realloc(t->recs, cap * sizeof(*r));
         if (r == NULL) {
-            protobuf_c_message_free_unpacked(msg, NULL);
+            msg_free(msg);
             return -ENOMEM;
         }
         t->recs = r;
@@ -156,7 +335,7 @@ static int table_put(struct table *t, const char *id, ProtobufCMessage *msg)
     }
     char *dup = strdup(id);
     if (dup == NULL) {
-        protobuf_c_message_free_unpacked(msg, NULL);
+        msg_free(msg);
         return -ENOMEM;
     }
     memmove(&t->recs[i + 1], &t->recs[i], (t->n - i) * sizeof(*t->recs));
@@ -173,7 +352,7 @@ static bool table_del(struct table *t, const char *id)
     if (!found)
         return false;
     free(t->recs[i].id);
-    protobuf_c_message_free_unpacked(t->recs[i].msg, NULL);
+    msg_free(t->recs[i].msg);
     memmove(&t->recs[i], &t->recs[i + 1], (t->n - i - 1) * sizeof(*t->recs));
     t->n--;
     return true;
@@ -215,6 +394,8 @@ static bool apply(config_store_t *s, struct table *tables, const uint8_t *key, s
     ProtobufCMessage *msg = protobuf_c_message_unpack(table_desc(kind), NULL, value_len, value);
     if (msg == NULL)
         return false; /* not a record we understand: keep what we had */
+    if (kind == T_PROVIDERS)
+        provider_open(s, (Llmrelay__Provider *)msg, id);
     return table_put(&tables[kind], id, msg) == 0;
 }
 
@@ -262,6 +443,37 @@ static uint64_t now_ms(const config_store_t *s)
     return uv_now(s->loop);
 }
 
+/* Saves snap with every provider's api_keys sealed (shallow copies pointing at the sealed
+ * strings; the view itself is not touched). Nothing is written if a seal fails. */
+static int save_sealed(config_store_t *s, const Llmrelay__Snapshot *snap)
+{
+    size_t n = snap->n_providers;
+    Llmrelay__Provider *copies = calloc(n ? n : 1, sizeof(*copies));
+    Llmrelay__Provider **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    size_t done = 0;
+    int rc = copies && ptrs ? 0 : -ENOMEM;
+    for (; rc == 0 && done < n; done++) {
+        const Llmrelay__Provider *p = snap->providers[done];
+        char **sealed;
+        rc = provider_seal(s, p, p->name, &sealed);
+        if (rc != 0)
+            break;
+        copies[done] = *p;
+        copies[done].api_keys = sealed;
+        ptrs[done] = &copies[done];
+    }
+    if (rc == 0) {
+        Llmrelay__Snapshot copy = *snap;
+        copy.providers = ptrs;
+        rc = config_store_save_file(&copy, s->snapshot_path);
+    }
+    for (size_t i = 0; copies != NULL && i < done; i++)
+        sealed_free(copies[i].api_keys, copies[i].n_api_keys);
+    free(copies);
+    free(ptrs);
+    return rc;
+}
+
 static void save_now(config_store_t *s)
 {
     s->save_pending = false;
@@ -269,7 +481,10 @@ static void save_now(config_store_t *s)
     if (s->snapshot_path == NULL || !s->loaded)
         return;
     /* Errors are not fatal: the next change retries. Nothing here may reach a log. */
-    (void)config_store_save_file(config_store_current(s), s->snapshot_path);
+    if (s->key.loaded)
+        (void)save_sealed(s, config_store_current(s));
+    else
+        (void)config_store_save_file(config_store_current(s), s->snapshot_path);
 }
 
 static void save_cb(uv_timer_t *t)
@@ -382,7 +597,7 @@ static void load_range_cb(etcd_client_t *c, int status, int64_t revision, const 
     s->revision = s->load_rev;
     s->loaded = true;
     if (s->file_snap != NULL) {
-        llmrelay__snapshot__free_unpacked(s->file_snap, NULL);
+        snapshot_free(s->file_snap);
         s->file_snap = NULL;
     }
     if (s->watch != NULL)
@@ -437,8 +652,17 @@ static void store_close_cb(uv_handle_t *h)
 int config_store_create(uv_loop_t *loop, etcd_client_t *etcd, const char *prefix, const char *snapshot_path,
                         config_store_update_cb cb, void *data, config_store_t **out)
 {
+    return config_store_create_ex(loop, etcd, prefix, snapshot_path, NULL, cb, data, out);
+}
+
+int config_store_create_ex(uv_loop_t *loop, etcd_client_t *etcd, const char *prefix, const char *snapshot_path,
+                           const config_store_options_t *opts, config_store_update_cb cb, void *data,
+                           config_store_t **out)
+{
     *out = NULL;
     if (loop == NULL || etcd == NULL || cb == NULL)
+        return -EINVAL;
+    if (opts != NULL && opts->secrets_key != NULL && !opts->secrets_key->loaded)
         return -EINVAL;
     if (prefix == NULL)
         prefix = CONFIG_STORE_DEFAULT_PREFIX;
@@ -460,6 +684,17 @@ int config_store_create(uv_loop_t *loop, etcd_client_t *etcd, const char *prefix
         free(s);
         return -ENOMEM;
     }
+    if (opts != NULL) {
+        if (opts->secrets_key != NULL)
+            s->key = *opts->secrets_key;
+        s->log_cb = opts->log_cb;
+        s->log_data = opts->log_data;
+    }
+    if (s->key.loaded)
+        slog(s, CONFIG_STORE_LOG_INFO, "upstream API keys are stored encrypted (AES-256-GCM) in etcd and the snapshot");
+    else
+        slog(s, CONFIG_STORE_LOG_WARN,
+             "no --secrets-key-file: upstream API keys are stored unencrypted in etcd and in the snapshot file");
     llmrelay__snapshot__init(&s->view);
     s->view_dirty = true;
     uv_timer_init(loop, &s->notify_timer);
@@ -469,6 +704,8 @@ int config_store_create(uv_loop_t *loop, etcd_client_t *etcd, const char *prefix
     s->handles_open = 3;
 
     if (s->snapshot_path != NULL && config_store_load_file(s->snapshot_path, &s->file_snap) == 0) {
+        for (size_t i = 0; i < s->file_snap->n_providers; i++)
+            provider_open(s, s->file_snap->providers[i], s->file_snap->providers[i]->name);
         s->revision = s->file_snap->revision;
         uv_timer_start(&s->notify_timer, notify_cb, 0, 0);
     }
@@ -498,9 +735,13 @@ void config_store_destroy(config_store_t *s)
         free(s->view_arrays[k]);
     }
     if (s->file_snap != NULL)
-        llmrelay__snapshot__free_unpacked(s->file_snap, NULL);
+        snapshot_free(s->file_snap);
     free(s->prefix);
     free(s->snapshot_path);
+    for (size_t i = 0; i < s->n_legacy_warned; i++)
+        free(s->legacy_warned[i]);
+    free(s->legacy_warned);
+    secrets_key_dispose(&s->key);
     uv_close((uv_handle_t *)&s->notify_timer, store_close_cb);
     uv_close((uv_handle_t *)&s->save_timer, store_close_cb);
     uv_close((uv_handle_t *)&s->retry_timer, store_close_cb);
@@ -615,7 +856,17 @@ int config_store_put_provider(config_store_t *s, const Llmrelay__Provider *p, co
 {
     if (s == NULL || p == NULL || !valid_name(p->name))
         return -EINVAL;
-    return put_record(s, T_PROVIDERS, p->name, &p->base, cb, data);
+    if (!s->key.loaded)
+        return put_record(s, T_PROVIDERS, p->name, &p->base, cb, data);
+    char **sealed;
+    int rc = provider_seal(s, p, p->name, &sealed);
+    if (rc != 0)
+        return rc;
+    Llmrelay__Provider copy = *p;
+    copy.api_keys = sealed;
+    rc = put_record(s, T_PROVIDERS, p->name, &copy.base, cb, data);
+    sealed_free(sealed, p->n_api_keys);
+    return rc;
 }
 
 int config_store_put_key(config_store_t *s, const Llmrelay__ApiKey *k, config_store_done_cb cb, void *data)

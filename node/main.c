@@ -23,16 +23,21 @@
 #include "cluster/config_store.h"
 #include "cluster/curl_uv.h"
 #include "cluster/etcd.h"
+#include "cluster/secrets.h"
 #include "node/admin.h"
 #include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/metrics.h"
+#include "node/records.h"
 #include "node/server.h"
 #include "node/snapshot.h"
 
 typedef struct node {
     llmrelay_config_t cfg;
     node_clock_t clock;
+    metrics_t *metrics;
+    records_t *records;
     uv_timer_t clock_timer;
     uv_loop_t *loop;
     server_t server;
@@ -56,10 +61,40 @@ static void on_config(config_store_t *store, const Llmrelay__Snapshot *snap, voi
         log_error("cannot build the config snapshot (out of memory); keeping the previous one");
         return;
     }
+    /* The metrics name table of this config travels with the snapshot: a request resolves
+     * its model's label slot by the model's index in the snapshot. */
+    const char **models = calloc(s->n_models + 1, sizeof(char *));
+    const char **providers = calloc(snap->n_providers + 1, sizeof(char *));
+    metrics_names_t *names = NULL;
+    if (models != NULL && providers != NULL) {
+        for (size_t i = 0; i < s->n_models; i++)
+            models[i] = s->models[i].name;
+        for (size_t i = 0; i < snap->n_providers; i++)
+            providers[i] = snap->providers[i]->name;
+        if (metrics_names_update(n->metrics, models, s->n_models, providers, snap->n_providers,
+                                 clock_now_ms(&n->clock), &names) == 0) {
+            s->attached = names;
+            s->attached_release = (void (*)(void *))metrics_names_release;
+        }
+    }
+    free(models);
+    free(providers);
+    metrics_set_config_revision(n->metrics, snap->revision);
     log_info("config revision %lld: %zu providers, %zu keys", (long long)snap->revision, snap->n_providers,
              snap->n_keys);
     server_publish(&n->server, s);
     snapshot_release(s);
+}
+
+static void on_records(void *data, char *lines, size_t len)
+{
+    records_append(((node_t *)data)->records, lines, len);
+}
+
+static void on_store_log(int level, const char *msg, void *data)
+{
+    (void)data;
+    log_write((log_level_t)level, "%s", msg);
 }
 
 static void on_admin_status(void *data, admin_status_t *out)
@@ -114,8 +149,10 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_clock_timer(uv_timer_t *t)
 {
     node_t *n = t->data;
-    if (clock_poll(&n->clock))
+    if (clock_poll(&n->clock)) {
         log_info("test clock: offset now %lld ms", (long long)atomic_load(&n->clock.offset_ms));
+        records_sweep_now(n->records);
+    }
 }
 
 static int make_data_dir(const char *path)
@@ -155,6 +192,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "llmrelay: cannot read LLMRELAY_CLOCK_FILE: %s\n", strerror(-ret));
         return 2;
     }
+    if (metrics_create(&n->metrics, n->cfg.workers, LLMRELAY_VERSION) != 0) {
+        fprintf(stderr, "llmrelay: out of memory\n");
+        return 1;
+    }
     n->loop = uv_default_loop();
     if (n->clock.file != NULL) {
         log_warn("test clock: LLMRELAY_CLOCK_FILE is set, calendar time is offset by %lld ms",
@@ -164,7 +205,13 @@ int main(int argc, char **argv)
         uv_timer_start(&n->clock_timer, on_clock_timer, 100, 100);
         uv_unref((uv_handle_t *)&n->clock_timer);
     }
-    if ((ret = server_start(&n->server, &n->cfg, &n->clock, n->loop, err, sizeof(err))) != 0) {
+    if ((ret = records_open(n->loop, n->cfg.data_dir, &n->clock, (int64_t)n->cfg.retention_ms, &n->records)) != 0) {
+        fprintf(stderr, "llmrelay: cannot open the metadata store in %s: %s\n", n->cfg.data_dir, strerror(-ret));
+        return 1;
+    }
+    n->server.records_cb = on_records;
+    n->server.records_data = n;
+    if ((ret = server_start(&n->server, &n->cfg, &n->clock, n->metrics, n->loop, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
     }
@@ -173,7 +220,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "llmrelay: bad --etcd %s\n", n->cfg.etcd);
         return 2;
     }
-    if (config_store_create(n->loop, n->etcd, n->cfg.etcd_prefix, n->snapshot_path, on_config, n, &n->store) != 0) {
+    secrets_key_t skey = {0};
+    if (n->cfg.secrets_key_file != NULL && (ret = secrets_key_load(n->cfg.secrets_key_file, &skey)) != 0) {
+        fprintf(stderr, "llmrelay: --secrets-key-file %s: %s\n", n->cfg.secrets_key_file, secrets_key_error(ret));
+        return 2;
+    }
+    config_store_options_t store_opts = {
+        .secrets_key = skey.loaded ? &skey : NULL, .log_cb = on_store_log, .log_data = n};
+    ret = config_store_create_ex(n->loop, n->etcd, n->cfg.etcd_prefix, n->snapshot_path, &store_opts, on_config, n,
+                                 &n->store);
+    secrets_key_dispose(&skey);
+    if (ret != 0) {
         fprintf(stderr, "llmrelay: cannot start the config store\n");
         return 1;
     }
@@ -195,6 +252,12 @@ int main(int argc, char **argv)
     uv_run(n->loop, UV_RUN_DEFAULT);
 
     server_stop(&n->server);
+    /* Every worker has flushed its last batch; store it and sync before leaving. */
+    uv_run(n->loop, UV_RUN_NOWAIT);
+    bool records_closed = false;
+    records_close(n->records, &records_closed);
+    while (!records_closed && uv_run(n->loop, UV_RUN_ONCE) != 0)
+        ;
     admin_stop(n->admin);
     config_store_destroy(n->store);
     etcd_client_destroy(n->etcd);

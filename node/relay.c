@@ -31,6 +31,7 @@
 
 #include "node/errors.h"
 #include "node/log.h"
+#include "node/metrics.h"
 #include "node/reqjson.h"
 #include "node/server.h"
 #include "node/snapshot.h"
@@ -45,14 +46,16 @@ typedef struct endpoint {
     const char *upstream; /* suffix appended to the provider's base URL */
     const char *name;     /* endpoint name in the metadata record */
     reqjson_endpoint_t kind;
+    metrics_endpoint_t metric;
 } endpoint_t;
 
 static const endpoint_t endpoints[] = {
-    {"/v1/chat/completions", "/chat/completions", "chat.completions", REQJSON_CHAT},
-    {"/v1/completions", "/completions", "completions", REQJSON_COMPLETIONS},
-    {"/v1/embeddings", "/embeddings", "embeddings", REQJSON_EMBEDDINGS},
-    {"/v1/responses", "/responses", "responses", REQJSON_RESPONSES},
+    {"/v1/chat/completions", "/chat/completions", "chat.completions", REQJSON_CHAT, METRICS_EP_CHAT_COMPLETIONS},
+    {"/v1/completions", "/completions", "completions", REQJSON_COMPLETIONS, METRICS_EP_COMPLETIONS},
+    {"/v1/embeddings", "/embeddings", "embeddings", REQJSON_EMBEDDINGS, METRICS_EP_EMBEDDINGS},
+    {"/v1/responses", "/responses", "responses", REQJSON_RESPONSES, METRICS_EP_RESPONSES},
 };
+static const endpoint_t models_endpoint = {"/v1/models", NULL, "models", REQJSON_CHAT, METRICS_EP_MODELS};
 
 typedef struct relay relay_t;
 
@@ -70,8 +73,10 @@ struct relay {
     int http_version;
     snapshot_t *snap;
     const snapshot_key_t *key;
+    const snapshot_model_t *model;
     const snapshot_route_t *route;
     const endpoint_t *ep;
+    bool stream_counted; /* counted in the open-streams gauge */
     reqjson_info_t info;
     bool client_wants_usage;
 
@@ -136,22 +141,46 @@ static const char *bearer_token(h2o_req_t *req, size_t *len)
 }
 
 /* Every answer carries the metadata record, errors included. */
-static void log_early(worker_t *w, const char *request_id, const snapshot_key_t *key, const char *model,
-                      const char *endpoint, int status, int64_t ts_ms, uint64_t start_ms)
+/* The metrics of one finished request (model NULL: none recognised). */
+static void record_metrics(worker_t *w, const snapshot_t *snap, const snapshot_model_t *model,
+                           metrics_endpoint_t endpoint, int status, const usage_t *u, int64_t latency_ms,
+                           int64_t ttfb_ms)
 {
+    const metrics_names_t *names = snap != NULL ? snap->attached : NULL;
+    metrics_request_t m = {
+        .endpoint = endpoint,
+        .model = names != NULL && model != NULL ? metrics_names_model_at(names, (size_t)(model - snap->models))
+                                                : METRICS_MODEL_OTHER,
+        .status = status,
+        .input_tokens = u != NULL ? u->input_tokens : -1,
+        .output_tokens = u != NULL ? u->output_tokens : -1,
+        .cached_input_tokens = u != NULL ? u->cached_input_tokens : -1,
+        .reasoning_tokens = u != NULL ? u->reasoning_tokens : -1,
+        .duration_us = latency_ms * 1000,
+        .ttfb_us = ttfb_ms >= 0 ? ttfb_ms * 1000 : -1,
+    };
+    metrics_record_request(w->metrics, &m);
+}
+
+/* Metadata record and metrics of a request answered without an upstream call. */
+static void log_early(worker_t *w, const char *request_id, const snapshot_key_t *key, const snapshot_model_t *model,
+                      const endpoint_t *ep, int status, int64_t ts_ms, uint64_t start_ms)
+{
+    int64_t latency_ms = (int64_t)(uv_now(&w->loop) - start_ms);
     log_record_t rec = {
         .ts_ms = ts_ms,
         .request_id = request_id,
         .node = w->server->cfg->name,
         .key_id = key != NULL ? key->id : "",
-        .model = model != NULL ? model : "",
-        .endpoint = endpoint,
+        .model = model != NULL ? model->name : "",
+        .endpoint = ep->name,
         .provider = "",
         .status = status,
-        .latency_ms = (int64_t)(uv_now(&w->loop) - start_ms),
+        .latency_ms = latency_ms,
         .ttfb_ms = -1,
     };
     worker_log_record(w, &rec);
+    record_metrics(w, w->snapshot, model, ep->metric, status, NULL, latency_ms, -1);
 }
 
 static void send_error(h2o_req_t *req, const char *request_id, int status, const char *code, const char *message)
@@ -288,6 +317,9 @@ static void relay_upstream_over(relay_t *r)
         .estimated = estimated,
     };
     worker_log_record(r->worker, &rec);
+    record_metrics(r->worker, r->snap, r->model, r->ep->metric, r->status, &u, rec.latency_ms, r->ttfb_ms);
+    if (r->stream_counted)
+        metrics_stream_closed(r->worker->metrics);
     r->logged = true;
     server_relay_finished(r->worker);
 }
@@ -427,6 +459,17 @@ static void on_upstream_head(void *data, int status, const char *content_type, s
     r->sse = ok && content_type != NULL && ct_len >= 17 && strncasecmp(content_type, "text/event-stream", 17) == 0;
     if (ok && !r->sse)
         usage_scan_init(&r->scan);
+    if (r->sse) {
+        r->stream_counted = true;
+        metrics_stream_opened(r->worker->metrics);
+    }
+    if (!ok && (status >= 500 || status == 429)) {
+        const metrics_names_t *names = r->snap->attached;
+        if (names != NULL)
+            metrics_record_upstream_error(r->worker->metrics,
+                                          metrics_names_provider(names, r->route->provider, strlen(r->route->provider)),
+                                          status == 429 ? METRICS_UPSTREAM_STATUS_429 : METRICS_UPSTREAM_STATUS_5XX);
+    }
     if (r->req != NULL)
         start_response(r, content_type, ct_len);
 }
@@ -497,6 +540,13 @@ static void on_upstream_done(void *data, int error)
     r->error = error;
     if (r->sse && r->req != NULL)
         sse_parser_finish(&r->sse_parser, on_sse_event, r);
+    const metrics_names_t *names = r->snap->attached;
+    if (error != 0 && error != -ECANCELED && names != NULL)
+        metrics_record_upstream_error(r->worker->metrics,
+                                      metrics_names_provider(names, r->route->provider, strlen(r->route->provider)),
+                                      error == -ETIMEDOUT || r->timed_out ? METRICS_UPSTREAM_TIMEOUT
+                                      : !r->got_first_byte           ? METRICS_UPSTREAM_CONNECT
+                                                                     : METRICS_UPSTREAM_PROTOCOL);
     if (!r->got_first_byte && r->req != NULL) {
         /* Nothing came back: answer in OpenAI's shape. */
         bool timeout = error == -ETIMEDOUT || r->timed_out;
@@ -635,16 +685,16 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     const llmrelay_config_t *cfg = w->server->cfg;
     const snapshot_key_t *key = authenticate(w, req, request_id);
     if (key == NULL) {
-        log_early(w, request_id, NULL, NULL, ep->name, 401, ts_ms, start_ms);
+        log_early(w, request_id, NULL, NULL, ep, 401, ts_ms, start_ms);
         return;
     }
 #define REFUSE(status, code, msg)                                                                                      \
     do {                                                                                                               \
         send_error(req, request_id, status, code, msg);                                                                \
-        log_early(w, request_id, key, model_name, ep->name, status, ts_ms, start_ms);                                  \
+        log_early(w, request_id, key, model_found, ep, status, ts_ms, start_ms);                                  \
         return;                                                                                                        \
     } while (0)
-    const char *model_name = NULL;
+    const snapshot_model_t *model_found = NULL;
     if (req->entity.len > cfg->max_body)
         REFUSE(413, "request_too_large", "The request body is larger than this relay accepts.");
     if (req->entity.base == NULL)
@@ -657,7 +707,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     const snapshot_model_t *model = snapshot_find_model(w->snapshot, info.model, strlen(info.model));
     if (model == NULL)
         REFUSE(404, "model_not_found", "The model does not exist or is not served by this relay.");
-    model_name = model->name;
+    model_found = model;
     if (!snapshot_key_allows(key, model->name))
         REFUSE(403, "model_not_allowed", "This API key may not use this model.");
     const snapshot_route_t *route = choose_route(w, model);
@@ -674,6 +724,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     r->snap = w->snapshot;
     snapshot_retain(r->snap);
     r->key = key;
+    r->model = model;
     r->route = route;
     r->ep = ep;
     r->info = info;
@@ -772,7 +823,7 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
         const snapshot_key_t *key = authenticate(w, req, request_id);
         if (key != NULL)
             serve_models(w, req, key, request_id);
-        log_early(w, request_id, key, NULL, "models", key != NULL ? 200 : 401, ts_ms, start_ms);
+        log_early(w, request_id, key, NULL, &models_endpoint, key != NULL ? 200 : 401, ts_ms, start_ms);
         return 0;
     }
     send_error(req, request_id, 404, "not_found", "Unknown path.");

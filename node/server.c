@@ -40,22 +40,29 @@
 #include "node/upstream_h1.h"
 #include "node/util.h"
 
-enum { MSG_SNAPSHOT, MSG_TLS, MSG_DRAIN, MSG_STOP, MSG_DRAINED };
+enum { MSG_SNAPSHOT, MSG_TLS, MSG_DRAIN, MSG_STOP, MSG_DRAINED, MSG_RECORDS };
 
 typedef struct server_msg {
     h2o_multithread_message_t super;
     int type;
     void *ptr;
+    size_t len;
 } server_msg_t;
 
-static void send_msg(h2o_multithread_receiver_t *to, int type, void *ptr)
+static void send_msg_len(h2o_multithread_receiver_t *to, int type, void *ptr, size_t len)
 {
     server_msg_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
         abort();
     m->type = type;
     m->ptr = ptr;
+    m->len = len;
     h2o_multithread_send_message(to, &m->super);
+}
+
+static void send_msg(h2o_multithread_receiver_t *to, int type, void *ptr)
+{
+    send_msg_len(to, type, ptr, 0);
 }
 
 /* ---- TLS ---------------------------------------------------------------------------- */
@@ -277,12 +284,20 @@ static void on_worker_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
 
 #define WORKER_LOG_BUF (64 * 1024)
 
+/* The batch goes to stdout and, by message, to the main thread's metadata store. */
 static void flush_log(worker_t *w)
 {
-    if (w->log_len > 0) {
-        log_records_flush(w->log_buf, w->log_len);
-        w->log_len = 0;
+    if (w->log_len == 0)
+        return;
+    log_records_flush(w->log_buf, w->log_len);
+    if (w->server->records_cb != NULL) {
+        char *copy = malloc(w->log_len);
+        if (copy != NULL) {
+            memcpy(copy, w->log_buf, w->log_len);
+            send_msg_len(&w->server->main_receiver, MSG_RECORDS, copy, w->log_len);
+        }
     }
+    w->log_len = 0;
 }
 
 static void on_log_flush(uv_check_t *c)
@@ -368,6 +383,12 @@ static void on_main_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *me
         if (m->type == MSG_DRAINED && atomic_fetch_add(&s->workers_idle, 1) + 1 == s->n_workers &&
             s->drained_cb != NULL)
             s->drained_cb(s);
+        if (m->type == MSG_RECORDS) {
+            if (s->records_cb != NULL)
+                s->records_cb(s->records_data, m->ptr, m->len);
+            else
+                free(m->ptr);
+        }
         free(m);
     }
 }
@@ -409,12 +430,13 @@ static int load_upstream_cas(server_t *s, char *err, size_t errlen)
     return 0;
 }
 
-int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, uv_loop_t *main_loop, char *err,
-                 size_t errlen)
+int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, metrics_t *metrics,
+                 uv_loop_t *main_loop, char *err, size_t errlen)
 {
-    memset(s, 0, sizeof(*s));
+    /* *s comes zeroed apart from the hooks the caller set (records_cb). */
     s->cfg = cfg;
     s->clock = clock;
+    s->metrics = metrics;
     s->main_loop = main_loop;
     /* Content never goes to disk: h2o must not spill big buffers into temp files. */
     h2o_socket_buffer_mmap_settings.threshold = SIZE_MAX;
@@ -434,6 +456,7 @@ int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *
         w->server = s;
         w->index = i;
         w->fd_tls = w->fd_plain = -1;
+        w->metrics = metrics_shard(metrics, i);
         util_random_bytes(w->rng, sizeof(w->rng));
         w->rng[0] |= 1;
         if (cfg->listen != NULL && cfg->listen[0] != '\0') {

@@ -22,6 +22,7 @@
 #include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/metrics.h"
 #include "node/snapshot.h"
 
 typedef struct server server_t;
@@ -54,6 +55,7 @@ typedef struct worker {
     size_t inflight;                     /* relays not yet finished (including drains) */
     bool draining;
     void *upstream_h1; /* upstream_h1.c's per-worker state (socket pools, client context) */
+    metrics_shard_t *metrics; /* this worker's counters; written only by this thread */
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
     uv_check_t log_flush; /* writes the batched metadata lines once per loop iteration */
@@ -66,6 +68,7 @@ typedef struct worker {
 struct server {
     const llmrelay_config_t *cfg;
     const node_clock_t *clock; /* calendar time (test-controllable); owned by main */
+    metrics_t *metrics;        /* owned by main; each worker writes its own shard */
     h2o_globalconf_t globalconf;
     X509_STORE *upstream_extra_cas; /* certificates of --upstream-ca-file, or NULL */
     STACK_OF(X509) * upstream_cas;
@@ -76,12 +79,16 @@ struct server {
     h2o_multithread_receiver_t main_receiver; /* messages from workers */
     atomic_int workers_idle;                  /* workers that finished draining */
     void (*drained_cb)(server_t *s);          /* called on the main loop once every worker drained */
+    /* Set before server_start: receives each worker's batch of metadata lines on the main
+     * loop and takes ownership of the malloc'd buffer. */
+    void (*records_cb)(void *data, char *lines, size_t len);
+    void *records_data;
 };
 
 /* Binds every listener (so an address in use is reported at once), builds the TLS context
- * and starts cfg->workers threads. Returns 0 or a negative error with a message in err. */
-int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, uv_loop_t *main_loop, char *err,
-                 size_t errlen);
+ * and starts cfg->workers threads. *s must be zeroed except for the hooks set beforehand. Returns 0 or a negative error with a message in err. */
+int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, metrics_t *metrics,
+                 uv_loop_t *main_loop, char *err, size_t errlen);
 
 /* Gives every worker the new snapshot (each takes its own reference). Main thread only. */
 void server_publish(server_t *s, snapshot_t *snap);

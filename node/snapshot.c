@@ -243,6 +243,8 @@ void snapshot_release(snapshot_t *s)
     if (s == NULL)
         return;
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        if (s->attached_release != NULL)
+            s->attached_release(s->attached);
         free(s->arena);
         free(s);
     }

@@ -51,6 +51,10 @@ typedef struct snapshot {
     snapshot_model_t *models; /* sorted by name */
     size_t n_models;
     void *arena; /* every string and array above lives here */
+    /* Something the builder attaches (the metrics name table of this config), released
+     * with the snapshot; set before the snapshot is shared. */
+    void *attached;
+    void (*attached_release)(void *attached);
 } snapshot_t;
 
 /* Builds a snapshot with one reference held by the caller. NULL on allocation failure.

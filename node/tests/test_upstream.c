@@ -1,11 +1,12 @@
-/* test_upstream.c — the upstream dispatch, the proxy-environment rules, and the h2o HTTP/1.1
- * backend on a real loop.
+/* test_upstream.c — the upstream dispatch, the proxy-environment rules, and the HTTP/1.1
+ * backend (upstream_h1.c) on a real loop.
  *
  * upstream_proxy_applies is checked against a table of environments (variables set and
  * unset in the test). The h1 backend talks to a tiny HTTP/1.1 server on 127.0.0.1 that
  * lives in the same uv loop and answers by path: content-length, chunked, SSE with delays,
- * cut answers, Connection: close, 204; it counts accepted connections so keep-alive reuse
- * is visible. The curl backend is not linked: a stub stands in for it. */
+ * cut answers, Connection: close, 204, interim 1xx answers, split heads, HTTP/1.0,
+ * oversized heads; it counts accepted connections so keep-alive reuse is visible, and
+ * upstream_h1_idle_count shows what the pool keeps. The curl backend is not linked: a stub stands in for it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -235,6 +236,22 @@ static void srv_on_sse_timer(uv_timer_t *t)
     }
 }
 
+static void srv_on_close_timer(uv_timer_t *t)
+{
+    srv_conn_close(t->data);
+}
+
+static void srv_on_split_timer(uv_timer_t *t)
+{
+    srv_conn_t *c = t->data;
+    if (c->sse_step++ == 0) {
+        srv_sends(c, "ication/json\r\nContent-Length: 11\r\n\r\n");
+        uv_timer_start(&c->timer, srv_on_split_timer, 20, 0);
+    } else {
+        srv_sends(c, "{\"ok\":true}");
+    }
+}
+
 static void srv_respond(srv_conn_t *c, const char *path)
 {
     srv_t *s = c->srv;
@@ -280,6 +297,41 @@ static void srv_respond(srv_conn_t *c, const char *path)
     } else if (strcmp(path, "/bad") == 0) {
         srv_sends(c, "NOT HTTP AT ALL\r\n\r\n");
         srv_conn_close(c);
+    } else if (strcmp(path, "/closelater") == 0) {
+        /* a keep-alive answer, then the server closes the idle connection */
+        srv_sends(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+        uv_timer_start(&c->timer, srv_on_close_timer, 20, 0);
+    } else if (strcmp(path, "/continue") == 0) {
+        srv_sends(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    } else if (strcmp(path, "/split") == 0) {
+        /* the head arrives in two pieces, the body in a third */
+        srv_sends(c, "HTTP/1.1 200 OK\r\nContent-Type: appl");
+        c->sse_step = 0;
+        uv_timer_start(&c->timer, srv_on_split_timer, 20, 0);
+    } else if (strcmp(path, "/http10") == 0) {
+        srv_sends(c, "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":1}");
+        srv_conn_close(c);
+    } else if (strcmp(path, "/extra") == 0) {
+        /* bytes after the announced length: the connection is out of step */
+        srv_sends(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}XYZ");
+    } else if (strcmp(path, "/bighead") == 0) {
+        static char head[24000];
+        int n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nX-Big: ");
+        memset(head + n, 'x', 20000);
+        n += 20000;
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "\r\nContent-Length: 2\r\n\r\n{}");
+        srv_send(c, head, (size_t)n);
+    } else if (strcmp(path, "/gzip") == 0) {
+        srv_sends(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n");
+    } else if (strcmp(path, "/badchunk") == 0) {
+        srv_sends(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
+    } else if (strcmp(path, "/abort") == 0) {
+        /* how h2o aborts a chunked answer: a broken chunk header, then the connection closes */
+        srv_sends(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n1\r\n");
+        srv_conn_close(c);
+    } else if (strcmp(path, "/trailer") == 0) {
+        srv_sends(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n");
     } else if (strcmp(path, "/silent") == 0) {
         /* never answers */
     } else {
@@ -355,7 +407,8 @@ static void srv_on_connection(uv_stream_t *listener, int status)
     uv_read_start((uv_stream_t *)&c->tcp, srv_alloc, srv_on_read);
 }
 
-static void srv_start(srv_t *s, uv_loop_t *loop)
+/* v6: also listen on ::1 (same port). */
+static void srv_start_on(srv_t *s, uv_loop_t *loop, bool v6)
 {
     struct sockaddr_in sin;
     struct sockaddr_storage ss;
@@ -374,8 +427,13 @@ static void srv_start(srv_t *s, uv_loop_t *loop)
     uv_tcp_init(loop, &s->listen6);
     s->listen6.data = s;
     uv_ip6_addr("::1", s->port, &sin6);
-    s->has6 = uv_tcp_bind(&s->listen6, (struct sockaddr *)&sin6, UV_TCP_IPV6ONLY) == 0 &&
+    s->has6 = v6 && uv_tcp_bind(&s->listen6, (struct sockaddr *)&sin6, UV_TCP_IPV6ONLY) == 0 &&
               uv_listen((uv_stream_t *)&s->listen6, 128, srv_on_connection) == 0;
+}
+
+static void srv_start(srv_t *s, uv_loop_t *loop)
+{
+    srv_start_on(s, loop, true);
 }
 
 static void srv_stop(srv_t *s)
@@ -918,6 +976,181 @@ static void test_cancel(void **state)
     free(c);
 }
 
+static void test_response_forms(void **state)
+{
+    (void)state;
+    client_t *c = calloc(1, sizeof(*c));
+    /* interim answers (100, 103) are skipped */
+    fetch(c, "/continue");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(c->status, 200);
+    assert_int_equal(c->heads, 1);
+    assert_int_equal(c->body_len, 2);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 1);
+    /* a head split across reads */
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/split");
+    assert_int_equal(c->error, 0);
+    assert_string_equal(c->content_type, "application/json");
+    assert_int_equal(c->body_len, 11);
+    assert_memory_equal(c->body, "{\"ok\":true}", 11);
+    /* a chunked trailer is consumed: the connection stays usable */
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/trailer");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(c->body_len, 2);
+    assert_int_equal(fx->srv.accepted, 1);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 1);
+    /* HTTP/1.0 without a length: the body ends with the connection, which is not pooled */
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/http10");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(c->body_len, 7);
+    assert_memory_equal(c->body, "{\"a\":1}", 7);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 0);
+    /* bytes after the announced length: the body is delivered, the connection dropped */
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/extra");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(c->body_len, 2);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 0);
+    /* malformed answers */
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/bighead");
+    assert_int_equal(c->error, -EPROTO);
+    assert_int_equal(c->heads, 0);
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/gzip");
+    assert_int_equal(c->error, -EPROTO);
+    assert_int_equal(c->heads, 0);
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/badchunk");
+    assert_int_equal(c->error, -EPROTO);
+    assert_int_equal(c->heads, 1);
+    assert_int_equal(c->body_len, 0);
+    /* a stream that breaks off: what came before the fault is delivered, then the error,
+     * also when it was held under backpressure */
+    for (int hold = 0; hold < 2; hold++) {
+        memset(c, 0, sizeof(*c));
+        c->hold = hold;
+        assert_int_equal(start_path(c, "127.0.0.1", "/abort"), 0);
+        if (hold) {
+            run_for(100);
+            assert_true(c->paused);
+            assert_int_equal(c->dones, 0);
+            c->hold = false;
+            c->paused = false;
+            upstream_resume(c->up);
+            assert_int_equal(c->dones, 0);
+        }
+        assert_true(run_until(&c->done, 3000));
+        assert_true(c->error == -EPROTO || c->error == -EIO);
+        assert_int_equal(c->body_len, 5);
+        assert_memory_equal(c->body, "hello", 5);
+    }
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 0);
+    free(c);
+}
+
+static void test_idle_pool(void **state)
+{
+    (void)state;
+    client_t *c = calloc(1, sizeof(*c));
+    /* an idle connection the upstream closes is noticed and dropped while idle */
+    fetch(c, "/closelater");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 1);
+    run_for(100);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 0);
+    int accepted = fx->srv.accepted, requests = fx->srv.requests;
+    memset(c, 0, sizeof(*c));
+    fetch(c, "/cl");
+    assert_int_equal(c->error, 0);
+    assert_int_equal(fx->srv.accepted, accepted + 1);
+    assert_int_equal(fx->srv.requests, requests + 1);
+    /* idle connections expire: the upstream sees them closed */
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 1);
+    assert_non_null(fx->srv.conns);
+    run_for(UPSTREAM_H1_POOL_IDLE_MS / 2);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 1);
+    run_for(UPSTREAM_H1_POOL_IDLE_MS / 2 + UPSTREAM_H1_POOL_IDLE_MS / 4 + 200);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), 0);
+    run_for(50);
+    assert_null(fx->srv.conns);
+    free(c);
+}
+
+static void test_cancel_connecting(void **state)
+{
+    (void)state;
+    /* a listener with a full accept queue: connects hang */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    getsockname(lfd, (struct sockaddr *)&sin, &len);
+    int fillers[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fillers[i], (struct sockaddr *)&sin, sizeof(sin));
+    }
+    usleep(50000);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", ntohs(sin.sin_port));
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    client_t *c = calloc(2, sizeof(*c));
+    assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, &c[0], &c[0].up), 0);
+    assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, &c[1], &c[1].up), 0);
+    upstream_cancel(c[0].up); /* at once */
+    run_for(50);
+    upstream_cancel(c[1].up); /* while connecting */
+    run_for(400);             /* past the connect timeout */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(c[i].sent + c[i].heads + c[i].dones, 0);
+    for (int i = 0; i < 4; i++)
+        close(fillers[i]);
+    close(lfd);
+    free(c);
+}
+
+static void test_address_fallback(void **state)
+{
+    (void)state;
+    /* "localhost" may resolve to ::1 first: an upstream on 127.0.0.1 only is still reached */
+    srv_t *s4 = calloc(1, sizeof(*s4));
+    srv_start_on(s4, &fx->w.loop, false);
+    char url[128];
+    snprintf(url, sizeof(url), "http://localhost:%d/cl", s4->port);
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    client_t *c = calloc(1, sizeof(*c));
+    for (int i = 0; i < 2; i++) {
+        memset(c, 0, sizeof(*c));
+        assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), 0);
+        assert_true(run_until(&c->done, 5000));
+        assert_int_equal(c->error, 0);
+        assert_int_equal(c->body_len, 11);
+    }
+    assert_int_equal(s4->accepted, 1);
+    /* an IPv6 literal */
+    if (fx->srv.has6) {
+        snprintf(url, sizeof(url), "http://[::1]:%d/cl", fx->srv.port);
+        memset(c, 0, sizeof(*c));
+        assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), 0);
+        assert_true(run_until(&c->done, 3000));
+        assert_int_equal(c->error, 0);
+        assert_int_equal(c->body_len, 11);
+        char host[64];
+        snprintf(host, sizeof(host), "Host: [::1]:%d\r\n", fx->srv.port);
+        assert_non_null(strstr(fx->srv.last_head, host));
+    }
+    srv_stop(s4);
+    run_for(50);
+    assert_int_equal(upstream_h1_idle_count(&fx->w), fx->srv.has6 ? 1 : 0);
+    free(s4);
+    free(c);
+}
+
 static void test_dispatch(void **state)
 {
     (void)state;
@@ -1013,6 +1246,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_named_host, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_response_forms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_connecting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_address_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
     };
