@@ -54,7 +54,7 @@ typedef struct worker {
     SSL_CTX *ssl_ctx;                    /* current; one reference held */
     size_t inflight;                     /* relays not yet finished (including drains) */
     bool draining;
-    void *upstream_h1; /* upstream_h1.c's per-worker state (socket pools, client context) */
+    void *upstream_h1; /* upstream_h1.c's per-worker state (keep-alive pools) */
     metrics_shard_t *metrics; /* this worker's counters; written only by this thread */
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;

@@ -2,7 +2,8 @@
  * backends:
  *   - upstream_curl.c: libcurl multi on the worker's loop (curl_uv). TLS upstreams (HTTP/2
  *     where offered, --upstream-ca-file), proxies (HTTPS_PROXY / HTTP_PROXY / NO_PROXY).
- *   - upstream_h1.c: h2o's own HTTP/1.1 client with a per-worker socket pool, for
+ *   - upstream_h1.c: a lean HTTP/1.1 client on libuv (picohttpparser from libh2o) with
+ *     per-worker keep-alive pools of connections that stay open uv_tcp_t handles, for
  *     cleartext upstreams that no proxy applies to (self-hosted OpenAI-compatible servers,
  *     the benchmark's mock): a fraction of curl's CPU per request.
  * upstream_start picks the backend from the URL and the proxy environment.
