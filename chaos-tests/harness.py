@@ -530,14 +530,73 @@ class Admin:
     def __init__(self, url, token):
         self.url = url
         self.token = token
+        self.calls = []  # every request made: method, path, status, request_id, token
 
-    def request(self, method, path, json_body=None, token=None, expect=None):
+    def request(self, method, path, json_body=None, token=None, expect=None, params=None):
         headers = {"authorization": "Bearer " + (token if token is not None else self.token)}
-        r = httpx.request(method, self.url + path, json=json_body, headers=headers, timeout=15)
+        r = httpx.request(method, self.url + path, json=json_body, headers=headers, timeout=15,
+                          params=params)
+        # every call is remembered (its answer's x-request-id names its audit entry)
+        self.calls.append({"method": method, "path": path, "status": r.status_code,
+                           "request_id": r.headers.get("x-request-id"),
+                           "token": token if token is not None else self.token})
         if expect is not None:
             assert r.status_code == expect, "%s %s -> %d %s" % (method, path, r.status_code,
                                                                 r.text[:500])
         return r
+
+    def as_token(self, token):
+        """The same listener with another admin token (its calls are remembered apart)."""
+        return Admin(self.url, token)
+
+    def put_price(self, model, input_usd, output_usd, expect=200, **kw):
+        body = {"input": input_usd, "output": output_usd}
+        body.update(kw)
+        return self.request("PUT", "/admin/v1/prices/" + model, body, expect=expect).json()
+
+    def create_token(self, name, role, expect=201):
+        return self.request("POST", "/admin/v1/tokens", {"name": name, "role": role},
+                            expect=expect).json()
+
+    def rotate_key(self, key_id, grace=None, expect=200):
+        body = {"grace": grace} if grace is not None else None
+        return self.request("POST", "/admin/v1/keys/%s/rotate" % key_id, body,
+                            expect=expect).json()
+
+    def logs(self, expect=200, **query):
+        """One page of GET /admin/v1/logs (query: key, since, until, status, limit, cursor)."""
+        return self.request("GET", "/admin/v1/logs", params=query, expect=expect).json()
+
+    def all_logs(self, **query):
+        """Every record GET /admin/v1/logs gives for the query, following next_cursor."""
+        out, cursor = [], None
+        for _ in range(10000):
+            q = dict(query)
+            if cursor:
+                q["cursor"] = cursor
+            page = self.logs(**q)
+            out.extend(page["records"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return out
+        raise AssertionError("logs paging did not end")
+
+    def usage(self, expect=200, **query):
+        return self.request("GET", "/admin/v1/usage", params=query, expect=expect).json()
+
+    def audit(self, expect=200, **query):
+        """Every audit entry for the query (following next_cursor)."""
+        out, cursor = [], None
+        for _ in range(10000):
+            q = dict(query)
+            if cursor:
+                q["cursor"] = cursor
+            page = self.request("GET", "/admin/v1/audit", params=q, expect=expect).json()
+            out.extend(page["entries"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return out
+        raise AssertionError("audit paging did not end")
 
     def put_provider(self, name, base_url, api_keys, models, type_="openai", expect=200, **kw):
         body = {"type": type_, "base_url": base_url, "api_keys": list(api_keys),
@@ -567,7 +626,8 @@ class Route:
     """A provider on the mock with its own upstream key and model, plus a relay key that
     may use it: the mock's per-upstream-key stats then isolate one test's traffic."""
 
-    def __init__(self, node, mock, tag=None, base_url=None, models=None, key_models=None):
+    def __init__(self, node, mock, tag=None, base_url=None, models=None, key_models=None,
+                 key_limits=None):
         tag = tag or rand_id()
         self.tag = tag
         self.provider = "p-" + tag
@@ -578,7 +638,9 @@ class Route:
         self.mock = mock
         node.admin.put_provider(self.provider, base_url or mock.base_url, [self.upstream_key],
                                 self.models)
-        created = node.admin.create_key(name="k-" + tag, models=key_models)
+        # key_limits: more key fields (budget_tokens, budget_usd, rpm, tpm, expires)
+        created = node.admin.create_key(name="k-" + tag, models=key_models,
+                                        **(key_limits or {}))
         self.key_id = created["id"]
         self.secret = created["key"]
 
@@ -838,6 +900,69 @@ class TinyProxy:
 
     def stop(self):
         self.proc.stop(timeout=5)
+
+
+# ---------------------------------------------------------------------- test clock
+
+class TestClock:
+    """The file named by LLMRELAY_CLOCK_FILE: an offset in ms added to a node's calendar
+    time. set()/advance() write it and wait until every node given has logged that it took
+    the new offset ("test clock: offset now N ms", main thread, within ~100 ms)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, directory, offset_ms=0):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "clock-offset")
+        self.offset_ms = int(offset_ms)
+        self._write(self.offset_ms)
+
+    def env(self):
+        return {"LLMRELAY_CLOCK_FILE": self.path}
+
+    def _write(self, ms):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % ms)
+        os.replace(tmp, self.path)
+
+    def now_ms(self):
+        """The nodes' calendar time (real time + offset), in ms."""
+        return int(time.time() * 1000) + self.offset_ms
+
+    def set(self, ms, nodes=()):
+        ms = int(ms)
+        if ms == self.offset_ms:
+            return
+        marks = [(n, len(n.proc.stderr_text())) for n in nodes if n.running()]
+        self.offset_ms = ms
+        self._write(ms)
+        line = "test clock: offset now %d ms" % ms
+        for n, mark in marks:
+            wait_for(lambda n=n, mark=mark: line in n.proc.stderr_text()[mark:], 5,
+                     "node %s to take clock offset %d ms" % (n.name, ms))
+
+    def advance(self, ms, nodes=()):
+        self.set(self.offset_ms + int(ms), nodes)
+
+
+def node_metadata_files(node):
+    """{file name: size} of the metadata segment files under <data-dir>/meta/."""
+    d = os.path.join(node.data_dir, "meta")
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return {}
+    return {f: os.path.getsize(os.path.join(d, f)) for f in names if f.startswith("meta-")}
+
+
+def ratelimit_headers(headers):
+    """The four x-ratelimit-* values of an OpenAI-format answer as ints (None if absent)."""
+    out = {}
+    for name in ("limit-requests", "remaining-requests", "limit-tokens", "remaining-tokens"):
+        v = headers.get("x-ratelimit-" + name)
+        out[name] = int(v) if v is not None else None
+    return out
 
 
 def remove_tree(path):

@@ -22,6 +22,7 @@ BIN_DIR = os.environ.get("LLMRELAY_BIN") or os.path.join(HERE, "..", "build")
 CTL = os.path.join(BIN_DIR, "llmrelayctl")
 TOKEN = "adm-" + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(40))
 VIEWER_TOKEN = "view-" + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(40))
+OPERATOR_TOKEN = "oper-" + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(40))
 
 
 def upstream_key():
@@ -37,12 +38,13 @@ def assert_no_secret(text):
     for key in UPSTREAM_KEYS:
         for i in range(len(key) - 4):
             assert key[i:i + 5] not in text, "output shows more than the last 4 characters of an upstream key"
-    assert TOKEN not in text and VIEWER_TOKEN not in text, "output shows the admin token"
+    assert TOKEN not in text and VIEWER_TOKEN not in text and OPERATOR_TOKEN not in text, \
+        "output shows the admin token"
 
 
 @pytest.fixture
 def fake():
-    f = FakeAdmin(tokens={TOKEN: "admin", VIEWER_TOKEN: "viewer"}).start()
+    f = FakeAdmin(tokens={TOKEN: "admin", VIEWER_TOKEN: "viewer", OPERATOR_TOKEN: "operator"}).start()
     yield f
     f.stop()
 
@@ -100,7 +102,12 @@ def set_openai(fake, token_file, name="oai", extra=(), json_mode=False):
                                   ["provider", "set", "--help"], ["provider", "list", "--help"],
                                   ["provider", "show", "--help"], ["provider", "delete", "--help"],
                                   ["key", "create", "--help"], ["key", "list", "--help"],
-                                  ["key", "show", "--help"], ["key", "revoke", "--help"]])
+                                  ["key", "show", "--help"], ["key", "revoke", "--help"],
+                                  ["key", "rotate", "--help"], ["price", "--help"], ["price", "set", "--help"],
+                                  ["price", "list", "--help"], ["price", "show", "--help"],
+                                  ["price", "delete", "--help"], ["token", "--help"], ["token", "create", "--help"],
+                                  ["token", "list", "--help"], ["token", "delete", "--help"], ["logs", "--help"],
+                                  ["usage", "--help"], ["audit", "--help"]])
 def test_help(args):
     p = run(args)
     assert p.returncode == 0, p.stderr
@@ -122,7 +129,17 @@ def test_help(args):
                                   ["provider", "set", "p", "--type", "openai", "--base-url", "https://x",
                                    "--api-key", "k", "--models", "m", "--map", "noequals"],
                                   ["provider", "set", "p", "--type", "openai", "--base-url", "https://x",
-                                   "--api-key", "k", "--models", "m", "--priority", "high"]])
+                                   "--api-key", "k", "--models", "m", "--priority", "high"],
+                                  ["price"], ["price", "bogus"], ["price", "set", "m", "--output", "1"],
+                                  ["price", "set", "m", "--input", "abc", "--output", "1"],
+                                  ["price", "set", "m", "--input", "-1", "--output", "1"],
+                                  ["price", "set", "--input", "1", "--output", "1"], ["price", "show"],
+                                  ["price", "delete", "a", "b"], ["token"], ["token", "create", "--name", "x"],
+                                  ["token", "create", "--name", "x", "--role", "root"], ["token", "delete"],
+                                  ["token", "list", "x"], ["logs", "--status", "4x"], ["logs", "--limit", "0"],
+                                  ["logs", "extra"], ["logs", "--bogus"], ["usage", "--by", "day"],
+                                  ["audit", "--limit", "x"], ["key", "rotate"],
+                                  ["key", "rotate", "key_abc", "--grace", "soon"]])
 def test_usage_errors_exit_2(fake, token_file, args):
     p = run(["--admin", fake.url, "--token-file", token_file] + args)
     assert p.returncode == 2, (p.stdout, p.stderr)
@@ -130,10 +147,221 @@ def test_usage_errors_exit_2(fake, token_file, args):
     assert ("PUT", "/admin/v1/providers/p") not in fake.state.requests
 
 
-def test_key_rotate_not_implemented(fake, token_file):
-    p = ctl(fake, token_file, "key", "rotate", "key_abc")
-    assert p.returncode == 2
-    assert "not implemented yet" in p.stderr
+def test_key_rotate(fake, token_file):
+    created = ok_json(ctl(fake, token_file, "key", "create", "--name", "rot", "--rpm", "5", json_mode=True))
+    old_hash = fake.state.keys[created["id"]]["hash"]
+    p = ctl(fake, token_file, "key", "rotate", created["id"], "--grace", "1h")
+    assert p.returncode == 0, p.stderr
+    lines = {k: v.strip() for k, v in (line.split(":", 1) for line in p.stdout.splitlines() if ":" in line)}
+    assert lines["id"] == created["id"]
+    new_secret = lines["key"]
+    assert new_secret.startswith("sk-lr-") and new_secret != created["key"]
+    assert lines["previous_key_valid_until"] != "-"
+    assert "not be shown again" in p.stdout
+    rec = fake.state.keys[created["id"]]
+    assert rec["hash"] != old_hash and old_hash in rec["old_hashes"]
+    shown = ok_json(ctl(fake, token_file, "key", "show", created["id"], json_mode=True))
+    assert shown["prefix"] == new_secret[:10] and shown["limits"]["rpm"] == 5
+    assert shown["previous_key_valid_until"] is not None
+    assert new_secret not in json.dumps(shown)
+
+    again = ok_json(ctl(fake, token_file, "key", "rotate", created["id"], json_mode=True))
+    assert set(again) >= {"id", "key"} and again["key"] != new_secret
+    assert ("POST", f"/admin/v1/keys/{created['id']}/rotate") in fake.state.requests
+
+    p = ctl(fake, token_file, "key", "rotate", "key_nothere")
+    assert p.returncode == 1 and "(HTTP 404)" in p.stderr
+    assert ctl(fake, token_file, "key", "revoke", created["id"]).returncode == 0
+    p = ctl(fake, token_file, "key", "rotate", created["id"])
+    assert p.returncode == 1 and "(HTTP 409)" in p.stderr
+
+
+def test_key_show_spent_and_remaining(fake, token_file):
+    created = ok_json(ctl(fake, token_file, "key", "create", "--name", "s", "--budget-tokens", "1000",
+                          "--budget-usd", "2", json_mode=True))
+    fake.state.spent[created["id"]] = {"requests": 3, "input_tokens": 100, "output_tokens": 50, "usd": 0.5}
+    shown = ok_json(ctl(fake, token_file, "key", "show", created["id"], json_mode=True))
+    assert shown["spent"] == {"requests": 3, "input_tokens": 100, "output_tokens": 50, "usd": 0.5}
+    assert shown["remaining"] == {"tokens": 850, "usd": 1.5}
+    p = ctl(fake, token_file, "key", "show", created["id"])
+    lines = {k: v.strip() for k, v in (line.split(":", 1) for line in p.stdout.splitlines())}
+    assert lines["spent_input_tokens"] == "100" and lines["remaining_tokens"] == "850"
+    assert lines["remaining_usd"] == "1.5"
+
+
+# --- prices -----------------------------------------------------------------------------
+
+def test_price_set_list_show_delete(fake, token_file):
+    p = ctl(fake, token_file, "price", "set", "gpt-4o", "--input", "2.5", "--output", "10", "--cached-input", "1.25")
+    assert p.returncode == 0, p.stderr
+    lines = {k: v.strip() for k, v in (line.split(":", 1) for line in p.stdout.splitlines())}
+    assert lines["model"] == "gpt-4o" and lines["input"] == "2.5" and lines["output"] == "10"
+    assert lines["cached_input"] == "1.25" and lines["reasoning"] == "(output price)"
+    assert fake.state.prices["gpt-4o"]["cached_input"] == 1.25
+
+    body = ok_json(ctl(fake, token_file, "price", "set", "o3", "--input", "2", "--output", "8", "--reasoning", "8",
+                       json_mode=True))
+    assert {k: body[k] for k in ("model", "input", "output", "cached_input", "reasoning")} == \
+        {"model": "o3", "input": 2, "output": 8, "cached_input": None, "reasoning": 8}
+    assert "updated_at" in body
+
+    p = ctl(fake, token_file, "price", "list")
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()
+    assert rows[0].split()[:3] == ["MODEL", "INPUT", "OUTPUT"]
+    assert [r.split()[0] for r in rows[1:]] == ["gpt-4o", "o3"]
+    listed = ok_json(ctl(fake, token_file, "price", "list", json_mode=True))
+    assert [x["model"] for x in listed["prices"]] == ["gpt-4o", "o3"]
+    assert ok_json(ctl(fake, token_file, "price", "show", "o3", json_mode=True)) == listed["prices"][1]
+
+    p = ctl(fake, token_file, "price", "delete", "o3")
+    assert p.returncode == 0 and "o3" in p.stdout and "deleted" in p.stdout
+    assert ok_json(ctl(fake, token_file, "price", "delete", "gpt-4o", json_mode=True)) == {"deleted": "gpt-4o"}
+    p = ctl(fake, token_file, "price", "show", "o3")
+    assert p.returncode == 1 and "(HTTP 404)" in p.stderr
+
+
+def test_price_roles(fake, tmp_path, token_file):
+    for tok in (OPERATOR_TOKEN, VIEWER_TOKEN):
+        f = tmp_path / "t.token"
+        f.write_text(tok)
+        p = run(["--admin", fake.url, "--token-file", str(f), "price", "set", "m", "--input", "1", "--output", "1"])
+        assert p.returncode == 1 and "(HTTP 403)" in p.stderr
+        p = run(["--admin", fake.url, "--token-file", str(f), "price", "list"])
+        assert p.returncode == 0, p.stderr
+    assert fake.state.prices == {}
+
+
+# --- tokens -----------------------------------------------------------------------------
+
+def test_token_create_list_delete(fake, token_file, tmp_path):
+    p = ctl(fake, token_file, "token", "create", "--name", "ci", "--role", "viewer")
+    assert p.returncode == 0, p.stderr
+    lines = {k: v.strip() for k, v in (line.split(":", 1) for line in p.stdout.splitlines() if ":" in line)}
+    assert lines["name"] == "ci" and lines["role"] == "viewer"
+    ci_token = lines["token"]
+    assert ci_token and "not be shown again" in p.stdout
+
+    made = ok_json(ctl(fake, token_file, "token", "create", "--name", "ops", "--role", "operator", json_mode=True))
+    assert set(made) >= {"name", "role", "token"} and made["name"] == "ops" and made["role"] == "operator"
+
+    p = ctl(fake, token_file, "token", "list")
+    assert p.returncode == 0, p.stderr
+    assert ci_token not in p.stdout and made["token"] not in p.stdout
+    rows = p.stdout.splitlines()
+    assert rows[0].split() == ["NAME", "ROLE", "CREATED"]
+    names = {r.split()[0]: r.split()[1] for r in rows[1:]}
+    assert names["ci"] == "viewer" and names["ops"] == "operator"
+    listed = ok_json(ctl(fake, token_file, "token", "list", json_mode=True))
+    assert all(set(t) == {"name", "role", "created"} for t in listed["tokens"])
+    assert ci_token not in json.dumps(listed)
+
+    # the new tokens work with their roles
+    ci_file = tmp_path / "ci.token"
+    ci_file.write_text(ci_token)
+    ops_file = tmp_path / "ops.token"
+    ops_file.write_text(made["token"])
+    assert run(["--admin", fake.url, "--token-file", str(ci_file), "key", "list"]).returncode == 0
+    p = run(["--admin", fake.url, "--token-file", str(ci_file), "key", "create", "--name", "x"])
+    assert p.returncode == 1 and "(HTTP 403)" in p.stderr
+    assert run(["--admin", fake.url, "--token-file", str(ops_file), "key", "create", "--name", "x"]).returncode == 0
+    p = run(["--admin", fake.url, "--token-file", str(ops_file), "token", "create", "--name", "y", "--role", "admin"])
+    assert p.returncode == 1 and "(HTTP 403)" in p.stderr
+    p = run(["--admin", fake.url, "--token-file", str(ops_file), "token", "delete", "ci"])
+    assert p.returncode == 1 and "(HTTP 403)" in p.stderr
+
+    p = ctl(fake, token_file, "token", "create", "--name", "ci", "--role", "admin")
+    assert p.returncode == 1 and "(HTTP 409)" in p.stderr
+    p = ctl(fake, token_file, "token", "delete", "ci")
+    assert p.returncode == 0 and "ci" in p.stdout and "deleted" in p.stdout
+    p = run(["--admin", fake.url, "--token-file", str(ci_file), "key", "list"])
+    assert p.returncode == 1 and "(HTTP 401)" in p.stderr
+    assert ok_json(ctl(fake, token_file, "token", "delete", "ops", json_mode=True)) == {"deleted": "ops"}
+    p = ctl(fake, token_file, "token", "delete", "ops")
+    assert p.returncode == 1 and "(HTTP 404)" in p.stderr
+
+
+# --- logs, usage, audit -----------------------------------------------------------------
+
+def record(i, key="key_aaa", model="gpt-4o", status=200, node="n1", minutes_ago=10):
+    import datetime
+    ts = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=minutes_ago)
+    return {"ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{i % 1000:03d}Z", "request_id": f"req{i}", "node": node,
+            "key_id": key, "model": model, "endpoint": "chat", "provider": "oai", "status": status,
+            "input_tokens": 10 * i, "cached_input_tokens": 0, "output_tokens": i, "reasoning_tokens": 0,
+            "usd": 0.001 * i, "latency_ms": 100 + i, "ttfb_ms": 20, "stream": False, "estimated": False}
+
+
+def test_logs(fake, token_file):
+    fake.state.records = [record(1), record(2, status=429), record(3, key="key_bbb", model="o3"),
+                          record(4, minutes_ago=60 * 30)]
+    p = ctl(fake, token_file, "logs")
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()
+    assert rows[0].split() == ["TS", "REQUEST_ID", "KEY", "MODEL", "STATUS", "INPUT_TOKENS", "OUTPUT_TOKENS",
+                               "LATENCY_MS"]
+    assert [r.split()[1] for r in rows[1:]] == ["req1", "req2", "req3"]  # req4 is older than 24h
+    assert rows[2].split()[4] == "429" and rows[1].split()[5] == "10"
+
+    body = ok_json(ctl(fake, token_file, "logs", "--key", "key_aaa", "--status", "4xx", json_mode=True))
+    assert [r["request_id"] for r in body["records"]] == ["req2"] and body["next_cursor"] is None
+    assert set(body["records"][0]) == {"ts", "request_id", "node", "key_id", "model", "endpoint", "provider",
+                                       "status", "input_tokens", "cached_input_tokens", "output_tokens",
+                                       "reasoning_tokens", "usd", "latency_ms", "ttfb_ms", "stream", "estimated"}
+    body = ok_json(ctl(fake, token_file, "logs", "--since", "2d", "--limit", "2", json_mode=True))
+    assert len(body["records"]) == 2 and body["next_cursor"]
+    p = ctl(fake, token_file, "logs", "--since", "2d", "--limit", "2")
+    assert f"--cursor {body['next_cursor']}" in p.stdout
+    rest = ok_json(ctl(fake, token_file, "logs", "--since", "2d", "--limit", "2", "--cursor", body["next_cursor"],
+                       json_mode=True))
+    assert len(rest["records"]) == 2 and rest["next_cursor"] is None
+    assert ok_json(ctl(fake, token_file, "logs", "--model", "o3", json_mode=True))["records"][0]["model"] == "o3"
+    p = ctl(fake, token_file, "logs", "--since", "yesterday")
+    assert p.returncode == 1 and "(HTTP 400)" in p.stderr
+    path = [r for r in fake.state.requests if r[1] == "/admin/v1/logs"]
+    assert path, "logs goes to /admin/v1/logs"
+
+
+def test_usage(fake, token_file):
+    fake.state.records = [record(1), record(2, model="o3"), record(3, key="key_bbb", node="n2")]
+    body = ok_json(ctl(fake, token_file, "usage", "--by", "model", json_mode=True))
+    assert set(body) >= {"from", "to", "totals", "groups"}
+    assert body["totals"]["requests"] == 3 and body["totals"]["input_tokens"] == 60
+    assert {g["group"]: g["requests"] for g in body["groups"]} == {"gpt-4o": 2, "o3": 1}
+    assert set(body["groups"][0]) == {"group", "requests", "input_tokens", "output_tokens", "usd"}
+    keyed = ok_json(ctl(fake, token_file, "usage", "--key", "key_bbb", "--since", "1h", json_mode=True))
+    assert keyed["totals"]["requests"] == 1 and keyed["groups"] == []
+
+    p = ctl(fake, token_file, "usage", "--by", "node")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("from ")
+    assert lines[1].split() == ["GROUP", "REQUESTS", "INPUT_TOKENS", "OUTPUT_TOKENS", "USD"]
+    assert [l.split()[0] for l in lines[2:]] == ["n1", "n2", "TOTAL"]
+    assert lines[-1].split()[1] == "3"
+
+
+def test_audit(fake, token_file, tmp_path):
+    assert ctl(fake, token_file, "key", "create", "--name", "aud").returncode == 0
+    assert ctl(fake, token_file, "logs", "--key", "key_zzz").returncode == 0
+    body = ok_json(ctl(fake, token_file, "audit", "--since", "1h", json_mode=True))
+    actions = [e["action"] for e in body["entries"]]
+    assert "POST /admin/v1/keys" in actions and "GET /admin/v1/logs" in actions
+    logs_entry = next(e for e in body["entries"] if e["action"] == "GET /admin/v1/logs")
+    assert logs_entry["target"] == "key_zzz" and logs_entry["role"] == "admin" and logs_entry["status"] == 200
+    assert set(logs_entry) >= {"ts", "node", "token_name", "role", "action", "target", "status", "ip", "request_id"}
+    p = ctl(fake, token_file, "audit")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0].split() == ["TS", "TOKEN", "ROLE", "ACTION", "TARGET", "STATUS", "IP",
+                                                "REQUEST_ID"]
+    assert "127.0.0.0/24" in p.stdout
+    ops = tmp_path / "ops.token"
+    ops.write_text(OPERATOR_TOKEN)
+    p = run(["--admin", fake.url, "--token-file", str(ops), "audit"])
+    assert p.returncode == 1 and "(HTTP 403)" in p.stderr
+    viewer = tmp_path / "viewer.token"
+    viewer.write_text(VIEWER_TOKEN)
+    assert run(["--admin", fake.url, "--token-file", str(viewer), "audit"]).returncode == 0
 
 
 def test_version():

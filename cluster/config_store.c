@@ -45,9 +45,10 @@
 #define LOG_NAME_MAX 64
 #define LEGACY_WARNED_MAX 4096 /* names remembered for the once-per-provider warning */
 
-enum table_kind { T_PROVIDERS, T_KEYS, T_TOKENS, T_COUNT };
+enum table_kind { T_PROVIDERS, T_KEYS, T_TOKENS, T_PRICES, T_COUNT };
 
-static const char *const table_dirs[T_COUNT] = {"config/providers/", "config/keys/", "config/tokens/"};
+static const char *const table_dirs[T_COUNT] = {"config/providers/", "config/keys/", "config/tokens/",
+                                                "config/prices/"};
 
 struct rec {
     char *id;
@@ -115,8 +116,10 @@ static const ProtobufCMessageDescriptor *table_desc(enum table_kind k)
         return &llmrelay__provider__descriptor;
     case T_KEYS:
         return &llmrelay__api_key__descriptor;
-    default:
+    case T_TOKENS:
         return &llmrelay__admin_token__descriptor;
+    default:
+        return &llmrelay__price__descriptor;
     }
 }
 
@@ -402,7 +405,7 @@ static bool apply(config_store_t *s, struct table *tables, const uint8_t *key, s
 /* --- view and notifications --------------------------------------------------------- */
 static void view_rebuild(config_store_t *s)
 {
-    size_t *counts[T_COUNT] = {&s->view.n_providers, &s->view.n_keys, &s->view.n_tokens};
+    size_t *counts[T_COUNT] = {&s->view.n_providers, &s->view.n_keys, &s->view.n_tokens, &s->view.n_prices};
     for (int k = 0; k < T_COUNT; k++) {
         struct table *t = &s->tables[k];
         void **arr = realloc(s->view_arrays[k], (t->n ? t->n : 1) * sizeof(void *));
@@ -418,6 +421,7 @@ static void view_rebuild(config_store_t *s)
     s->view.providers = (Llmrelay__Provider **)s->view_arrays[T_PROVIDERS];
     s->view.keys = (Llmrelay__ApiKey **)s->view_arrays[T_KEYS];
     s->view.tokens = (Llmrelay__AdminToken **)s->view_arrays[T_TOKENS];
+    s->view.prices = (Llmrelay__Price **)s->view_arrays[T_PRICES];
     s->view.revision = s->revision;
     s->view_dirty = false;
 }

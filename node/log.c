@@ -80,6 +80,11 @@ static void write_all(int fd, const char *buf, size_t len)
     }
 }
 
+bool log_enabled(log_level_t level)
+{
+    return level >= min_level;
+}
+
 void log_write(log_level_t level, const char *fmt, ...)
 {
     static const char *tags[] = {"debug", "info", "warn", "error"};

@@ -17,6 +17,7 @@ typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
  * before any thread starts). Returns 0 or -EINVAL for an unknown name. */
 int log_set_level(const char *name);
 void log_write(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool log_enabled(log_level_t level);
 #define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...) log_write(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_write(LOG_WARN, __VA_ARGS__)

@@ -28,6 +28,7 @@
 #include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/metering.h"
 #include "node/metrics.h"
 #include "node/records.h"
 #include "node/server.h"
@@ -38,6 +39,8 @@ typedef struct node {
     node_clock_t clock;
     metrics_t *metrics;
     records_t *records;
+    metering_t *metering;
+    uv_timer_t metering_timer, audit_timer;
     uv_timer_t clock_timer;
     uv_loop_t *loop;
     server_t server;
@@ -80,10 +83,113 @@ static void on_config(config_store_t *store, const Llmrelay__Snapshot *snap, voi
     free(models);
     free(providers);
     metrics_set_config_revision(n->metrics, snap->revision);
+    metering_set_snapshot(n->metering, s);
     log_info("config revision %lld: %zu providers, %zu keys", (long long)snap->revision, snap->n_providers,
              snap->n_keys);
     server_publish(&n->server, s);
     snapshot_release(s);
+}
+
+static void on_meter_msg(void *data, meter_msg_t *msg)
+{
+    metering_on_msg(((node_t *)data)->metering, msg);
+}
+
+static void on_metering_timer(uv_timer_t *t)
+{
+    metering_tick(((node_t *)t->data)->metering);
+}
+
+/* ---- what the admin API asks of the node ---- */
+
+static int64_t admin_now_ms(void *data)
+{
+    return clock_now_ms(&((node_t *)data)->clock);
+}
+
+static bool admin_key_spent(void *data, const char *key_id, int64_t *requests, int64_t *input_tokens,
+                            int64_t *output_tokens, double *usd)
+{
+    return metering_key_spent(((node_t *)data)->metering, key_id, requests, input_tokens, output_tokens, usd);
+}
+
+typedef struct answer_ctx {
+    admin_answer_cb done;
+    void *done_ctx;
+} answer_ctx_t;
+
+/* The store answers errors in plain words; the admin API wants JSON or nothing. */
+static void on_records_answer(void *ctx, int status, const char *json, size_t len)
+{
+    answer_ctx_t *a = ctx;
+    if (status == 200)
+        a->done(a->done_ctx, status, json, len);
+    else
+        a->done(a->done_ctx, status, NULL, 0);
+    free(a);
+}
+
+static answer_ctx_t *answer_ctx_new(admin_answer_cb done, void *done_ctx)
+{
+    answer_ctx_t *a = malloc(sizeof(*a));
+    if (a == NULL) {
+        done(done_ctx, 503, NULL, 0);
+        return NULL;
+    }
+    a->done = done;
+    a->done_ctx = done_ctx;
+    return a;
+}
+
+static void admin_query_logs(void *data, const admin_logs_query_t *q, admin_answer_cb done, void *done_ctx)
+{
+    node_t *n = data;
+    answer_ctx_t *a = answer_ctx_new(done, done_ctx);
+    if (a == NULL)
+        return;
+    records_logs_query_t rq = {
+        .key_id = q->key_id[0] != '\0' ? q->key_id : NULL,
+        .model = q->model[0] != '\0' ? q->model : NULL,
+        .cursor = q->cursor[0] != '\0' ? q->cursor : NULL,
+        .since_ms = q->since_ms,
+        .until_ms = q->until_ms,
+        .status = q->status != 0 ? q->status : q->status_class,
+        .limit = (size_t)q->limit,
+    };
+    records_query_logs(n->records, &rq, on_records_answer, a);
+}
+
+static void admin_query_usage(void *data, const admin_usage_query_t *q, admin_answer_cb done, void *done_ctx)
+{
+    node_t *n = data;
+    answer_ctx_t *a = answer_ctx_new(done, done_ctx);
+    if (a == NULL)
+        return;
+    static const mstore_group_t by[] = {
+        [ADMIN_USAGE_BY_NONE] = MSTORE_GROUP_NONE, [ADMIN_USAGE_BY_MODEL] = MSTORE_GROUP_MODEL,
+        [ADMIN_USAGE_BY_HOUR] = MSTORE_GROUP_HOUR, [ADMIN_USAGE_BY_NODE] = MSTORE_GROUP_NODE,
+        [ADMIN_USAGE_BY_KEY] = MSTORE_GROUP_KEY,
+    };
+    records_usage_query_t rq = {
+        .key_id = q->key_id[0] != '\0' ? q->key_id : NULL,
+        .since_ms = q->since_ms,
+        .until_ms = q->until_ms,
+        .by = (unsigned)q->by < sizeof(by) / sizeof(by[0]) ? by[q->by] : MSTORE_GROUP_NONE,
+    };
+    records_query_usage(n->records, &rq, on_records_answer, a);
+}
+
+static int admin_render_metrics(void *data, wipe_buf_t *out)
+{
+    node_t *n = data;
+    metrics_set_etcd_reachable(n->metrics, etcd_client_reachable(n->etcd));
+    return metrics_render(n->metrics, out);
+}
+
+static void on_audit_sweep_timer(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    admin_audit_sweep(n->admin, clock_now_ms(&n->clock));
 }
 
 static void on_records(void *data, char *lines, size_t len)
@@ -152,6 +258,8 @@ static void on_clock_timer(uv_timer_t *t)
     if (clock_poll(&n->clock)) {
         log_info("test clock: offset now %lld ms", (long long)atomic_load(&n->clock.offset_ms));
         records_sweep_now(n->records);
+        if (n->admin != NULL)
+            admin_audit_sweep(n->admin, clock_now_ms(&n->clock));
     }
 }
 
@@ -211,6 +319,16 @@ int main(int argc, char **argv)
     }
     n->server.records_cb = on_records;
     n->server.records_data = n;
+    if ((ret = metering_create(&n->server, &n->clock, n->cfg.data_dir, &n->metering)) != 0) {
+        fprintf(stderr, "llmrelay: cannot start metering: %s\n", strerror(-ret));
+        return 1;
+    }
+    n->server.meter_cb = on_meter_msg;
+    n->server.meter_data = n;
+    uv_timer_init(n->loop, &n->metering_timer);
+    n->metering_timer.data = n;
+    uv_timer_start(&n->metering_timer, on_metering_timer, 1000, 1000);
+    uv_unref((uv_handle_t *)&n->metering_timer);
     if ((ret = server_start(&n->server, &n->cfg, &n->clock, n->metrics, n->loop, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
@@ -234,10 +352,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "llmrelay: cannot start the config store\n");
         return 1;
     }
-    if ((ret = admin_start(n->loop, &n->cfg, n->store, on_admin_status, n, &n->admin, err, sizeof(err))) != 0) {
+    admin_node_ops_t admin_ops = {
+        .data = n,
+        .now_ms = admin_now_ms,
+        .status = on_admin_status,
+        .key_spent = admin_key_spent,
+        .query_logs = admin_query_logs,
+        .query_usage = admin_query_usage,
+        .etcd = n->etcd,
+        .render_metrics = admin_render_metrics,
+    };
+    if ((ret = admin_start(n->loop, &n->cfg, n->store, &admin_ops, &n->admin, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
     }
+    /* Audit entries older than 7 days go, by their timestamps (not etcd leases). */
+    uv_timer_init(n->loop, &n->audit_timer);
+    n->audit_timer.data = n;
+    uv_timer_start(&n->audit_timer, on_audit_sweep_timer, 5000, 3600 * 1000);
+    uv_unref((uv_handle_t *)&n->audit_timer);
     uv_signal_init(n->loop, &n->sig_term);
     uv_signal_init(n->loop, &n->sig_int);
     uv_signal_init(n->loop, &n->sig_hup);
@@ -254,6 +387,7 @@ int main(int argc, char **argv)
     server_stop(&n->server);
     /* Every worker has flushed its last batch; store it and sync before leaving. */
     uv_run(n->loop, UV_RUN_NOWAIT);
+    metering_checkpoint(n->metering);
     bool records_closed = false;
     records_close(n->records, &records_closed);
     while (!records_closed && uv_run(n->loop, UV_RUN_ONCE) != 0)

@@ -31,6 +31,7 @@
 
 #include "node/errors.h"
 #include "node/log.h"
+#include "node/metering.h"
 #include "node/metrics.h"
 #include "node/reqjson.h"
 #include "node/server.h"
@@ -77,6 +78,14 @@ struct relay {
     const snapshot_route_t *route;
     const endpoint_t *ep;
     bool stream_counted; /* counted in the open-streams gauge */
+    /* Metering: the reservation (worst case) and the decision that admitted or refused. */
+    meter_waiter_t waiter;
+    bool waiting_quota, admitted;
+    quota_usage_t worst;
+    quota_decision_t decision;
+    bool has_decision;
+    int64_t force_max_output; /* > 0: set this output limit upstream so the reservation holds */
+    char quota_id[48];        /* the relay's own id of the request for settles (never the client's) */
     reqjson_info_t info;
     bool client_wants_usage;
 
@@ -209,7 +218,12 @@ static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, const cha
         send_error(req, request_id, 401, "invalid_api_key", "Incorrect or revoked API key provided.");
         return NULL;
     }
-    if (key->expires_at != 0 && key->expires_at <= clock_now_ms(w->server->clock) / 1000) {
+    int64_t now_s = clock_now_ms(w->server->clock) / 1000;
+    if (key->grace_until != 0 && key->grace_until <= now_s) {
+        send_error(req, request_id, 401, "invalid_api_key", "This API key was rotated and its grace period is over.");
+        return NULL;
+    }
+    if (key->expires_at != 0 && key->expires_at <= now_s) {
         send_error(req, request_id, 401, "invalid_api_key", "This API key has expired.");
         return NULL;
     }
@@ -219,6 +233,48 @@ static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, const cha
 static void add_header(h2o_req_t *req, const char *name, const char *value, size_t len)
 {
     h2o_add_header_by_str(&req->pool, &req->res.headers, name, strlen(name), 0, NULL, value, len);
+}
+
+/* "1.5s", "12ms": the reset times of OpenAI's x-ratelimit-reset-* headers. */
+static size_t format_reset(char *buf, size_t cap, uint64_t ms)
+{
+    if (ms < 1000)
+        return (size_t)snprintf(buf, cap, "%llums", (unsigned long long)ms);
+    return (size_t)snprintf(buf, cap, "%llu.%03llus", (unsigned long long)(ms / 1000), (unsigned long long)(ms % 1000));
+}
+
+/* OpenAI's x-ratelimit-* headers with the key's live values; -1 where the key has no such
+ * limit (then there is no reset either). */
+static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
+{
+    char v[32];
+    size_t n;
+    int64_t rem_req = d->limit_requests < 0 ? -1 : d->remaining_requests > 0 ? d->remaining_requests : 0;
+    int64_t rem_tok = d->limit_tokens < 0 ? -1 : d->remaining_tokens > 0 ? d->remaining_tokens : 0;
+    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)(d->limit_requests < 0 ? -1 : d->limit_requests));
+    add_header(req, "x-ratelimit-limit-requests", h2o_strdup(&req->pool, v, n).base, n);
+    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)rem_req);
+    add_header(req, "x-ratelimit-remaining-requests", h2o_strdup(&req->pool, v, n).base, n);
+    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)(d->limit_tokens < 0 ? -1 : d->limit_tokens));
+    add_header(req, "x-ratelimit-limit-tokens", h2o_strdup(&req->pool, v, n).base, n);
+    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)rem_tok);
+    add_header(req, "x-ratelimit-remaining-tokens", h2o_strdup(&req->pool, v, n).base, n);
+    if (d->limit_requests >= 0) {
+        n = format_reset(v, sizeof(v), d->reset_requests_ms);
+        add_header(req, "x-ratelimit-reset-requests", h2o_strdup(&req->pool, v, n).base, n);
+    }
+    if (d->limit_tokens >= 0) {
+        n = format_reset(v, sizeof(v), d->reset_tokens_ms);
+        add_header(req, "x-ratelimit-reset-tokens", h2o_strdup(&req->pool, v, n).base, n);
+    }
+}
+
+/* The headers of an answer to a known key that made no admission (errors, /v1/models). */
+static void add_key_ratelimit_headers(worker_t *w, h2o_req_t *req, const snapshot_key_t *key)
+{
+    quota_decision_t d;
+    meter_peek(w, key, &d);
+    add_ratelimit_headers(req, &d);
 }
 
 /* ---- GET /v1/models ------------------------------------------------------------------ */
@@ -274,6 +330,37 @@ static void relay_maybe_free(relay_t *r)
     uv_close((uv_handle_t *)&r->timer, on_timer_closed);
 }
 
+/* USD of a usage at the model's price, in nano-USD (0 without a price). Cached input and
+ * reasoning tokens are part of the input and output counts; each is priced at its own rate. */
+static int64_t cost_nanousd(const snapshot_t *snap, const snapshot_model_t *model, const usage_t *u)
+{
+    const snapshot_price_t *p = model != NULL ? snapshot_find_price(snap, model->name) : NULL;
+    if (p == NULL)
+        return 0;
+    int64_t cached = u->cached_input_tokens < u->input_tokens ? u->cached_input_tokens : u->input_tokens;
+    int64_t reasoning = u->reasoning_tokens < u->output_tokens ? u->reasoning_tokens : u->output_tokens;
+    /* USD per 1M tokens = nano-USD per 1e-3 token: nano-USD = tokens * price * 1000. */
+    double nano = ((double)(u->input_tokens - cached) * p->input + (double)cached * p->cached_input +
+                   (double)(u->output_tokens - reasoning) * p->output + (double)reasoning * p->reasoning) *
+                  1000.0;
+    return (int64_t)(nano + 0.5);
+}
+
+/* The worst case of a request: every prompt byte a token (a tokenizer never yields more
+ * tokens than bytes) plus the output bound, at the dearest of the model's rates. */
+static quota_usage_t worst_case(const snapshot_t *snap, const snapshot_model_t *model, int64_t input_bound,
+                                int64_t output_bound)
+{
+    quota_usage_t w = {input_bound + output_bound, 0};
+    const snapshot_price_t *p = snapshot_find_price(snap, model->name);
+    if (p != NULL) {
+        double in = p->input > p->cached_input ? p->input : p->cached_input;
+        double out = p->output > p->reasoning ? p->output : p->reasoning;
+        w.nanousd = (int64_t)(((double)input_bound * in + (double)output_bound * out) * 1000.0) + 1;
+    }
+    return w;
+}
+
 /* The transfer is over (finished, failed, cancelled): settle usage and write the record. */
 static void relay_upstream_over(relay_t *r)
 {
@@ -297,6 +384,16 @@ static void relay_upstream_over(relay_t *r)
     } else if (!u.found) {
         memset(&u, 0, sizeof(u));
     }
+    int64_t nanousd = cost_nanousd(r->snap, r->model, &u);
+    if (r->admitted) {
+        quota_usage_t actual = {u.input_tokens + u.output_tokens, nanousd};
+        if (estimated) {
+            /* An estimate is no measurement: never bill it above the reservation. */
+            actual.tokens = actual.tokens < r->worst.tokens ? actual.tokens : r->worst.tokens;
+            actual.nanousd = actual.nanousd < r->worst.nanousd ? actual.nanousd : r->worst.nanousd;
+        }
+        meter_settle(r->worker, r->key, r->quota_id, actual, u.input_tokens, u.output_tokens);
+    }
     log_record_t rec = {
         .ts_ms = r->ts_ms,
         .request_id = r->request_id,
@@ -310,7 +407,7 @@ static void relay_upstream_over(relay_t *r)
         .cached_input_tokens = u.cached_input_tokens,
         .output_tokens = u.output_tokens,
         .reasoning_tokens = u.reasoning_tokens,
-        .usd = 0,
+        .usd = (double)nanousd / 1e9,
         .latency_ms = (int64_t)(uv_now(&r->worker->loop) - r->start_ms),
         .ttfb_ms = r->ttfb_ms,
         .stream = r->info.stream,
@@ -368,6 +465,13 @@ static void client_gone(relay_t *r)
         server_count_reset(r->worker, r->conn, r->http_version);
     if (r->upstream_over)
         return;
+    if (r->waiting_quota) {
+        meter_cancel_wait(&r->waiter);
+        r->waiting_quota = false;
+        r->status = 499;
+        relay_upstream_over(r);
+        return;
+    }
     if (r->start_pending) {
         r->start_pending = false;
         r->status = 499;
@@ -437,6 +541,8 @@ static void start_response(relay_t *r, const char *content_type, size_t ct_len)
     if (r->sse)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     add_header(req, "x-request-id", r->request_id, strlen(r->request_id));
+    if (r->has_decision)
+        add_ratelimit_headers(req, &r->decision);
     r->generator.proceed = on_generator_proceed;
     r->generator.stop = on_generator_stop;
     r->started = true;
@@ -554,6 +660,8 @@ static void on_upstream_done(void *data, int error)
         r->final_sent = true;
         log_info("request %s: upstream %s failed: %s", r->request_id, r->route->provider,
                  timeout ? "timed out" : strerror(-error));
+        if (r->has_decision)
+            add_ratelimit_headers(r->req, &r->decision);
         send_error(r->req, r->request_id, r->status, timeout ? "upstream_timeout" : "upstream_error",
                    timeout ? "The upstream provider did not answer in time."
                            : "The upstream provider could not be reached.");
@@ -578,6 +686,8 @@ static void cancel_transfer(relay_t *r, bool timeout)
 }
 
 static void begin_upstream(relay_t *r);
+static void relay_admitted(relay_t *r, const quota_decision_t *d);
+static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d);
 
 static void on_timer(uv_timer_t *t)
 {
@@ -586,6 +696,15 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(&r->worker->loop), next;
     if (r->start_pending) {
         begin_upstream(r);
+        return;
+    }
+    if (r->waiting_quota) {
+        meter_cancel_wait(&r->waiter);
+        r->waiting_quota = false;
+        r->status = 503;
+        r->final_sent = true;
+        send_error(r->req, r->request_id, 503, "unavailable", "The quota service did not answer in time.");
+        relay_upstream_over(r);
         return;
     }
     if (r->req == NULL && r->drain_deadline_ms != 0 && now >= r->drain_deadline_ms) {
@@ -690,6 +809,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     }
 #define REFUSE(status, code, msg)                                                                                      \
     do {                                                                                                               \
+        add_key_ratelimit_headers(w, req, key);                                                                        \
         send_error(req, request_id, status, code, msg);                                                                \
         log_early(w, request_id, key, model_found, ep, status, ts_ms, start_ms);                                  \
         return;                                                                                                        \
@@ -744,24 +864,85 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     r->link->relay = r;
     w->inflight++;
 
+    /* Admission: reserve the worst case against the key's budget and rate windows. */
+    bool no_output = ep->kind == REQJSON_EMBEDDINGS;
+    int64_t out_bound = no_output ? 0 : info.max_output_tokens >= 0 ? info.max_output_tokens : cfg->default_max_output_tokens;
+    if (!no_output && info.max_output_tokens < 0 && snapshot_key_metered(key))
+        r->force_max_output = cfg->default_max_output_tokens;
+    r->worst = worst_case(w->snapshot, model, (int64_t)info.prompt_bytes, out_bound);
+    snprintf(r->quota_id, sizeof(r->quota_id), "w%d-%016llx%016llx", w->index, (unsigned long long)worker_rand(w),
+             (unsigned long long)worker_rand(w));
+    quota_decision_t d = meter_reserve(w, key, r->quota_id, r->worst, &r->waiter, on_quota_resolved);
+    if (d.kind == QUOTA_WAIT) {
+        r->waiting_quota = true;
+        uv_timer_start(&r->timer, on_timer, 10000, 0);
+        return;
+    }
+    relay_admitted(r, &d);
+#undef REFUSE
+}
+
+/* Sends the 429 of a refused admission. */
+static void refuse_quota(relay_t *r, const quota_decision_t *d)
+{
+    bool budget = d->kind == QUOTA_BUDGET_EXHAUSTED || d->reason == QUOTA_REASON_RESERVED;
+    r->status = 429;
+    r->final_sent = true;
+    uint64_t retry_s = (d->retry_after_ms + 999) / 1000;
+    if (d->reason == QUOTA_REASON_RESERVED && retry_s == 0)
+        retry_s = 1;
+    if (retry_s > 0 && d->kind != QUOTA_BUDGET_EXHAUSTED) {
+        char v[24];
+        size_t n = (size_t)snprintf(v, sizeof(v), "%llu", (unsigned long long)retry_s);
+        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                       h2o_strdup(&r->req->pool, v, n).base, n);
+    }
+    add_ratelimit_headers(r->req, d);
+    const char *msg = d->kind == QUOTA_BUDGET_EXHAUSTED
+                          ? "You exceeded your current quota: this key's budget is spent."
+                      : d->reason == QUOTA_REASON_RESERVED
+                          ? "This key's remaining budget is committed to requests in flight; retry shortly."
+                      : d->reason == QUOTA_REASON_REQUESTS ? "Rate limit reached for requests per minute."
+                      : d->reason == QUOTA_REASON_TOO_LARGE
+                          ? "This request can never fit in the key's tokens-per-minute limit."
+                      : d->reason == QUOTA_REASON_BUSY ? "Too many requests of this key are in flight."
+                                                       : "Rate limit reached for tokens per minute.";
+    send_error(r->req, r->request_id, 429, budget ? "insufficient_quota" : "rate_limit_exceeded", msg);
+    relay_upstream_over(r);
+}
+
+/* The admission's outcome: go on with the upstream request, or refuse. */
+static void relay_admitted(relay_t *r, const quota_decision_t *d)
+{
+    h2o_req_t *req = r->req;
+    r->decision = *d;
+    r->has_decision = true;
+    if (d->kind != QUOTA_ADMIT) {
+        refuse_quota(r, d);
+        return;
+    }
+    r->admitted = true;
+    const endpoint_t *ep = r->ep;
+    const reqjson_info_t *info = &r->info;
+    char err[160];
     reqjson_rewrite_t rw = {
-        .model = route->upstream_model,
-        .include_usage = info.stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
+        .model = r->route->upstream_model,
+        .include_usage = info->stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
         .store_false_by_default = ep->kind == REQJSON_RESPONSES,
-        .default_max_output_tokens = 0,
-        .info = &info,
+        .default_max_output_tokens = r->force_max_output,
+        .info = info,
     };
     /* Most requests need no change (same model name upstream, non-stream): then the body
      * goes up as it came, without a second parse. */
-    bool unchanged = strcmp(route->upstream_model, info.model) == 0 && !(rw.include_usage && info.include_usage != 1) &&
-                     !(rw.store_false_by_default && info.store == -1);
+    bool unchanged = strcmp(r->route->upstream_model, info->model) == 0 && !(rw.include_usage && info->include_usage != 1) &&
+                     !(rw.store_false_by_default && info->store == -1) && r->force_max_output == 0;
     int ret = unchanged ? wipe_buf_append(&r->body, req->entity.base, req->entity.len)
                         : reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body,
                                           err, sizeof(err));
     if (ret != 0) {
         r->status = ret == -EINVAL ? 400 : 503;
         r->final_sent = true;
-        send_error(req, request_id, r->status, ret == -EINVAL ? "invalid_request" : "unavailable",
+        send_error(req, r->request_id, r->status, ret == -EINVAL ? "invalid_request" : "unavailable",
                    ret == -EINVAL ? err : "The relay is out of memory.");
         relay_upstream_over(r);
         return;
@@ -771,7 +952,15 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
      * nothing. */
     r->start_pending = true;
     uv_timer_start(&r->timer, on_timer, 0, 0);
-#undef REFUSE
+}
+
+
+static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d)
+{
+    relay_t *r = H2O_STRUCT_FROM_MEMBER(relay_t, waiter, waiter);
+    r->waiting_quota = false;
+    uv_timer_stop(&r->timer);
+    relay_admitted(r, d);
 }
 
 /* Starts the upstream request (from the relay's timer, one loop iteration after the
@@ -821,8 +1010,10 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
             return 0;
         }
         const snapshot_key_t *key = authenticate(w, req, request_id);
-        if (key != NULL)
+        if (key != NULL) {
+            add_key_ratelimit_headers(w, req, key);
             serve_models(w, req, key, request_id);
+        }
         log_early(w, request_id, key, NULL, &models_endpoint, key != NULL ? 200 : 401, ts_ms, start_ms);
         return 0;
     }

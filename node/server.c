@@ -36,11 +36,12 @@
 #include <unistd.h>
 
 #include "node/log.h"
+#include "node/metering.h"
 #include "node/relay.h"
 #include "node/upstream_h1.h"
 #include "node/util.h"
 
-enum { MSG_SNAPSHOT, MSG_TLS, MSG_DRAIN, MSG_STOP, MSG_DRAINED, MSG_RECORDS };
+enum { MSG_SNAPSHOT, MSG_TLS, MSG_DRAIN, MSG_STOP, MSG_DRAINED, MSG_RECORDS, MSG_METER };
 
 typedef struct server_msg {
     h2o_multithread_message_t super;
@@ -277,6 +278,9 @@ static void on_worker_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
             close_listeners(w);
             uv_stop(&w->loop);
             break;
+        case MSG_METER:
+            meter_worker_on_msg(w, m->ptr);
+            break;
         }
         free(m);
     }
@@ -315,10 +319,21 @@ void worker_log_record(worker_t *w, const log_record_t *rec)
     w->log_len += n;
 }
 
+/* Every 100 ms: the metering reports (batched settles, returns, heartbeats). */
 static void on_housekeeping(uv_timer_t *t)
 {
     worker_t *w = t->data;
-    (void)w; /* reserved: periodic per-worker chores */
+    meter_worker_tick(w);
+}
+
+void server_send_to_main(worker_t *w, meter_msg_t *msg)
+{
+    send_msg(&w->server->main_receiver, MSG_METER, msg);
+}
+
+void server_send_to_worker(server_t *s, int worker, meter_msg_t *msg)
+{
+    send_msg(&s->workers[worker].receiver, MSG_METER, msg);
 }
 
 static void worker_main(void *arg)
@@ -327,7 +342,7 @@ static void worker_main(void *arg)
     server_t *s = w->server;
     h2o_context_init(&w->ctx, &w->loop, &s->globalconf);
     h2o_multithread_register_receiver(w->ctx.queue, &w->receiver, on_worker_msg);
-    if (upstream_h1_worker_init(w) != 0)
+    if (upstream_h1_worker_init(w) != 0 || meter_worker_init(w) != 0)
         abort();
     w->curl = curl_uv_create(&w->loop);
     if (w->curl == NULL)
@@ -359,7 +374,7 @@ static void worker_main(void *arg)
     uv_unref((uv_handle_t *)&w->log_flush);
     uv_timer_init(&w->loop, &w->housekeeping);
     w->housekeeping.data = w;
-    uv_timer_start(&w->housekeeping, on_housekeeping, 1000, 1000);
+    uv_timer_start(&w->housekeeping, on_housekeeping, 100, 100);
     uv_unref((uv_handle_t *)&w->housekeeping);
     uv_sem_post(&w->started);
     uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -383,6 +398,12 @@ static void on_main_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *me
         if (m->type == MSG_DRAINED && atomic_fetch_add(&s->workers_idle, 1) + 1 == s->n_workers &&
             s->drained_cb != NULL)
             s->drained_cb(s);
+        if (m->type == MSG_METER) {
+            if (s->meter_cb != NULL)
+                s->meter_cb(s->meter_data, m->ptr);
+            else
+                free(m->ptr);
+        }
         if (m->type == MSG_RECORDS) {
             if (s->records_cb != NULL)
                 s->records_cb(s->records_data, m->ptr, m->len);

@@ -26,6 +26,8 @@
 #include "node/snapshot.h"
 
 typedef struct server server_t;
+struct meter_msg;
+struct meter_worker;
 
 /* Per-connection count of client stream resets, for the HTTP/2 Rapid Reset defence. */
 typedef struct reset_entry {
@@ -56,6 +58,7 @@ typedef struct worker {
     bool draining;
     void *upstream_h1; /* upstream_h1.c's per-worker state (keep-alive pools) */
     metrics_shard_t *metrics; /* this worker's counters; written only by this thread */
+    struct meter_worker *meter; /* metering.c's lessees of this worker */
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
     uv_check_t log_flush; /* writes the batched metadata lines once per loop iteration */
@@ -83,6 +86,10 @@ struct server {
      * loop and takes ownership of the malloc'd buffer. */
     void (*records_cb)(void *data, char *lines, size_t len);
     void *records_data;
+    /* Set before server_start: receives the workers' metering messages on the main loop
+     * (takes ownership of the meter_msg_t). */
+    void (*meter_cb)(void *data, struct meter_msg *msg);
+    void *meter_data;
 };
 
 /* Binds every listener (so an address in use is reported at once), builds the TLS context
@@ -128,6 +135,10 @@ void worker_log_record(worker_t *w, const log_record_t *rec);
 
 /* A relay of this worker has ended (its upstream transfer is over); drain accounting. */
 void server_relay_finished(worker_t *w);
+
+/* Metering messages between the threads (ownership passes with the message). */
+void server_send_to_main(worker_t *w, struct meter_msg *msg);
+void server_send_to_worker(server_t *s, int worker, struct meter_msg *msg);
 
 /* Makes an upstream transfer trust --upstream-ca-file's CAs besides the system's. */
 void server_curl_tls_setup(server_t *s, CURL *easy);

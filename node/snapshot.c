@@ -83,6 +83,11 @@ static int pair_cmp(const void *a, const void *b)
     return strcmp(x->route->provider, y->route->provider);
 }
 
+static int price_cmp(const void *a, const void *b)
+{
+    return strcmp(((const snapshot_price_t *)a)->model, ((const snapshot_price_t *)b)->model);
+}
+
 /* The upstream name of a client-visible model for provider p (its --map alias, or itself). */
 static const char *upstream_name(const Llmrelay__Provider *p, const char *model)
 {
@@ -136,6 +141,9 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
             bytes += strlen(k->models[j]) + 32;
     }
     bytes += n_names * (sizeof(snapshot_model_t) + sizeof(snapshot_route_t) + 32);
+    bytes += (src->n_prices + 1) * sizeof(snapshot_price_t);
+    for (size_t i = 0; i < src->n_prices; i++)
+        bytes += strlen(src->prices[i]->model) + 32;
 
     snapshot_t *s = calloc(1, sizeof(*s));
     arena_t a = {calloc(1, bytes), 0, bytes};
@@ -167,6 +175,13 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
         dst->name = arena_str(&a, k->name);
         dst->revoked = strcmp(k->status, "active") != 0;
         dst->expires_at = k->expires_at;
+        dst->grace_until = k->grace_until;
+        dst->has_budget_tokens = k->has_budget_tokens;
+        dst->budget_tokens = k->budget_tokens;
+        dst->has_budget_usd = k->has_budget_usd;
+        dst->budget_usd = k->budget_usd;
+        dst->rpm = k->rpm;
+        dst->tpm = k->tpm;
         const char **models = arena_alloc(&a, (k->n_models + 1) * sizeof(char *));
         for (size_t j = 0; j < k->n_models; j++)
             models[j] = arena_str(&a, k->models[j]);
@@ -230,6 +245,19 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
     free(order);
     free(pair_names);
     s->models = models;
+
+    /* Prices, sorted by model for bsearch. */
+    s->prices = arena_alloc(&a, (src->n_prices + 1) * sizeof(snapshot_price_t));
+    for (size_t i = 0; i < src->n_prices; i++) {
+        const Llmrelay__Price *p = src->prices[i];
+        snapshot_price_t *dst = &s->prices[s->n_prices++];
+        dst->model = arena_str(&a, p->model);
+        dst->input = p->input_per_mtok;
+        dst->output = p->output_per_mtok;
+        dst->cached_input = p->has_cached_input ? p->cached_input_per_mtok : p->input_per_mtok;
+        dst->reasoning = p->has_reasoning ? p->reasoning_per_mtok : p->output_per_mtok;
+    }
+    qsort(s->prices, s->n_prices, sizeof(snapshot_price_t), price_cmp);
     return s;
 }
 
@@ -289,4 +317,15 @@ bool snapshot_key_allows(const snapshot_key_t *k, const char *model)
         if (strcmp(k->models[i], model) == 0)
             return true;
     return false;
+}
+
+const snapshot_price_t *snapshot_find_price(const snapshot_t *s, const char *model)
+{
+    snapshot_price_t key = {.model = model};
+    return bsearch(&key, s->prices, s->n_prices, sizeof(snapshot_price_t), price_cmp);
+}
+
+bool snapshot_key_metered(const snapshot_key_t *k)
+{
+    return k->has_budget_tokens || k->has_budget_usd || k->rpm > 0 || k->tpm > 0;
 }

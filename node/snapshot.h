@@ -39,9 +39,21 @@ typedef struct snapshot_key {
     const char *id, *name;
     bool revoked;
     int64_t expires_at;        /* unix seconds; 0 = never */
+    int64_t grace_until;       /* a superseded secret (rotation) works until then; 0 = current */
+    /* Limits (see quota.h): absent budgets have has_* false; rpm/tpm 0 = none. */
+    bool has_budget_tokens, has_budget_usd;
+    int64_t budget_tokens;
+    double budget_usd;
+    int64_t rpm, tpm;
     const char *const *models; /* allowlist; n_models == 0 means every model */
     size_t n_models;
 } snapshot_key_t;
+
+/* USD per 1M tokens of one model (client-visible name). */
+typedef struct snapshot_price {
+    const char *model;
+    double input, output, cached_input, reasoning;
+} snapshot_price_t;
 
 typedef struct snapshot {
     atomic_long refs;
@@ -50,6 +62,8 @@ typedef struct snapshot {
     size_t n_key_slots, n_keys;
     snapshot_model_t *models; /* sorted by name */
     size_t n_models;
+    snapshot_price_t *prices; /* sorted by model */
+    size_t n_prices;
     void *arena; /* every string and array above lives here */
     /* Something the builder attaches (the metrics name table of this config), released
      * with the snapshot; set before the snapshot is shared. */
@@ -66,5 +80,9 @@ void snapshot_release(snapshot_t *s);
 const snapshot_key_t *snapshot_find_key(const snapshot_t *s, const uint8_t hash[32]);
 const snapshot_model_t *snapshot_find_model(const snapshot_t *s, const char *name, size_t len);
 bool snapshot_key_allows(const snapshot_key_t *k, const char *model);
+/* The price of a model, or NULL when none is set (then requests cost 0 USD). */
+const snapshot_price_t *snapshot_find_price(const snapshot_t *s, const char *model);
+/* True when the key has any limit that needs a reservation (budget or tpm or rpm). */
+bool snapshot_key_metered(const snapshot_key_t *k);
 
 #endif

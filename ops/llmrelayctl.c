@@ -5,7 +5,7 @@
  *
  * Global flags (--admin URL, --token-file F, --json) may come before or after the
  * command; they are taken out of argv first and the rest goes to the command group
- * (ops/ctl/provider.c, ops/ctl/key.c). Environment: LLMRELAY_ADMIN, LLMRELAY_TOKEN_FILE.
+ * (ops/ctl/provider.c, key.c, price.c, token.c, report.c). Environment: LLMRELAY_ADMIN, LLMRELAY_TOKEN_FILE.
  * Exit: 0 ok, 1 the server answered an error, 2 usage error, 3 admin API unreachable.
  */
 #include <errno.h>
@@ -23,7 +23,12 @@ static const char main_help[] =
     "\n"
     "commands:\n"
     "  provider set|list|show|delete     upstream providers ('llmrelayctl provider --help')\n"
-    "  key create|list|show|revoke       relay API keys ('llmrelayctl key --help')\n"
+    "  key create|list|show|rotate|revoke  relay API keys ('llmrelayctl key --help')\n"
+    "  price set|list|show|delete        model prices, USD per 1M tokens\n"
+    "  token create|list|delete          admin API tokens and their roles\n"
+    "  logs [--key ID] [--since DUR] ... request metadata records\n"
+    "  usage [--key ID] [--by ...]       requests, tokens and USD over a time range\n"
+    "  audit [--since DUR]               who did what through the admin API\n"
     "\n"
     "global options (before or after the command):\n"
     "  --admin URL        admin listener base URL (env LLMRELAY_ADMIN;\n"
@@ -96,6 +101,16 @@ int main(int argc, char **argv)
         group = ctl_provider_main;
     else if (strcmp(command, "key") == 0)
         group = ctl_key_main;
+    else if (strcmp(command, "price") == 0)
+        group = ctl_price_main;
+    else if (strcmp(command, "token") == 0)
+        group = ctl_token_main;
+    else if (strcmp(command, "logs") == 0)
+        group = ctl_logs_main;
+    else if (strcmp(command, "usage") == 0)
+        group = ctl_usage_main;
+    else if (strcmp(command, "audit") == 0)
+        group = ctl_audit_main;
     if (group == NULL) {
         ctl_errorf(&ctl, "unknown command '%.64s' (see 'llmrelayctl --help')", command);
         return CTL_EXIT_USAGE;

@@ -52,5 +52,11 @@ void ctl_errorf(const struct ctl *ctl, const char *fmt, ...) __attribute__((form
  * and may be modified (values of secret flags are wiped from it after use). */
 int ctl_provider_main(struct ctl *ctl, int argc, char **argv);
 int ctl_key_main(struct ctl *ctl, int argc, char **argv);
+int ctl_price_main(struct ctl *ctl, int argc, char **argv);
+int ctl_token_main(struct ctl *ctl, int argc, char **argv);
+/* Reports: argv[0] is "logs", "usage" or "audit". */
+int ctl_logs_main(struct ctl *ctl, int argc, char **argv);
+int ctl_usage_main(struct ctl *ctl, int argc, char **argv);
+int ctl_audit_main(struct ctl *ctl, int argc, char **argv);
 
 #endif

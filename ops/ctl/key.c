@@ -2,7 +2,7 @@
  * key.c — "llmrelayctl key create|list|show|revoke|rotate": relay API keys through
  * /admin/v1/keys (docs/admin-api.md).
  *
- * "create" is the only answer that carries a secret (the new key, shown once); its
+ * "create" and "rotate" are the only answers that carry a secret (the new key, shown once); their
  * buffers are wiped like every other answer's. Limits left out are sent as null.
  */
 #include <errno.h>
@@ -24,7 +24,7 @@ static const char key_help[] =
     "  list                  list keys\n"
     "  show ID               show a key: limits, spending, what remains\n"
     "  revoke ID             revoke a key (final)\n"
-    "  rotate ID             not implemented yet\n";
+    "  rotate ID [--grace DUR]  new secret; the old one works DUR longer (default 24h)\n";
 
 static const char create_help[] =
     "usage: llmrelayctl key create --name N [--budget-tokens N] [--budget-usd X] [--rpm N]\n"
@@ -44,7 +44,11 @@ static const char list_help[] = "usage: llmrelayctl key list\n\nLists every key 
 static const char show_help[] =
     "usage: llmrelayctl key show ID\n\nShows one key's limits, spending and what remains.\n";
 static const char revoke_help[] = "usage: llmrelayctl key revoke ID\n\nRevokes a key, for good.\n";
-static const char rotate_help[] = "usage: llmrelayctl key rotate ID [--grace DUR]\n\nNot implemented yet.\n";
+static const char rotate_help[] =
+    "usage: llmrelayctl key rotate ID [--grace DUR]\n"
+    "\n"
+    "Issues a new secret for the key and prints it once. The old secret keeps working for\n"
+    "DUR (30m, 24h, 7d; default 24h, at most 30d), then stops. Limits and spending stay.\n";
 
 static const struct ctl_opt_spec no_opts[] = {{NULL, 0, 0}};
 static const struct ctl_opt_spec rotate_opts[] = {{"grace", 1, 0}, {NULL, 0, 0}};
@@ -79,6 +83,7 @@ static const struct key_field show_fields[] = {
     {"spent_usd", "spent", "usd", "0"},
     {"remaining_tokens", "remaining", "tokens", "unlimited"},
     {"remaining_usd", "remaining", "usd", "unlimited"},
+    {"previous_key_valid_until", NULL, "previous_key_valid_until", "-"},
 };
 
 static yajl_val field_of(yajl_val record, const struct key_field *f)
@@ -271,6 +276,62 @@ static int key_create(struct ctl *ctl, const struct ctl_opts *opts)
     return rc;
 }
 
+/* path: "/admin/v1/keys/ID" (room for "/rotate" is left by the caller). */
+static int key_rotate(struct ctl *ctl, const struct ctl_opts *opts, char *path)
+{
+    const char *grace = ctl_opts_get(opts, "grace");
+    if (grace != NULL) {
+        size_t i = 0;
+        while (grace[i] >= '0' && grace[i] <= '9')
+            i++;
+        const char *unit = grace + i;
+        if (i == 0 || (strcmp(unit, "ms") != 0 && strcmp(unit, "s") != 0 && strcmp(unit, "m") != 0 &&
+                       strcmp(unit, "h") != 0 && strcmp(unit, "d") != 0)) {
+            ctl_errorf(ctl, "--grace must be a duration such as 30m, 24h or 7d");
+            return -EINVAL;
+        }
+    }
+    strcat(path, "/rotate");
+    yajl_gen g = ctl_gen_new();
+    if (g == NULL)
+        return -ENOMEM;
+    int bad = yajl_gen_map_open(g) != yajl_gen_status_ok;
+    if (grace != NULL) {
+        bad |= ctl_gen_str(g, "grace") != yajl_gen_status_ok;
+        bad |= ctl_gen_str(g, grace) != yajl_gen_status_ok;
+    }
+    bad |= yajl_gen_map_close(g) != yajl_gen_status_ok;
+    yajl_val answer = NULL;
+    int rc = bad ? -ENOMEM : 0;
+    if (rc == 0) {
+        const unsigned char *body;
+        size_t len;
+        yajl_gen_get_buf(g, &body, &len);
+        rc = ctl_api(ctl, "POST", path, (const char *)body, len, &answer);
+    }
+    ctl_gen_dispose(g);
+    if (rc == 0 && ctl->json) {
+        rc = ctl_json_print(ctl->out, answer);
+    } else if (rc == 0) {
+        static const struct key_field fields[] = {
+            {"id", NULL, "id", "-"},
+            {"key", NULL, "key", "-"},
+            {"name", NULL, "name", "-"},
+            {"previous_key_valid_until", NULL, "previous_key_valid_until", "-"},
+        };
+        if (!YAJL_IS_STRING(ctl_json_get(answer, "key", NULL))) {
+            ctl_errorf(ctl, "the answer carries no key");
+            rc = -EPROTO;
+        } else {
+            rc = print_fields(ctl, answer, fields, sizeof(fields) / sizeof(fields[0]));
+            if (rc == 0)
+                fputs("Save this key now: it will not be shown again.\n", ctl->out);
+        }
+    }
+    ctl_json_free(answer);
+    return rc;
+}
+
 int ctl_key_main(struct ctl *ctl, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
@@ -308,10 +369,6 @@ int ctl_key_main(struct ctl *ctl, int argc, char **argv)
     }
     if (strcmp(cmd, "create") == 0)
         return key_create(ctl, &opts);
-    if (strcmp(cmd, "rotate") == 0) {
-        ctl_errorf(ctl, "'key rotate' is not implemented yet");
-        return -EINVAL;
-    }
 
     yajl_val answer = NULL;
     if (strcmp(cmd, "list") == 0) {
@@ -337,6 +394,8 @@ int ctl_key_main(struct ctl *ctl, int argc, char **argv)
     }
     if (strcmp(cmd, "revoke") == 0)
         strcat(path, "/revoke");
+    if (strcmp(cmd, "rotate") == 0)
+        return key_rotate(ctl, &opts, path);
     rc = ctl_api(ctl, strcmp(cmd, "show") == 0 ? "GET" : "POST", path, NULL, 0, &answer);
     if (rc == 0)
         rc = ctl->json ? ctl_json_print(ctl->out, answer) : print_key(ctl, answer);

@@ -1,0 +1,98 @@
+/* metering.h — the node's quota service: quota.h's owner and lessee machines wired to the
+ * node's threads.
+ *
+ * The main thread owns one quota owner per key (the key's counters: spent, rate windows,
+ * allowance leased out). Each worker owns one lessee per key it serves and admits requests
+ * from its leased allotment without a round trip; a request that does not fit waits while
+ * the worker asks the main thread for more. Reports (settles, returns, asks) go to the main
+ * thread in batches every 100 ms or at once when a request waits; grants and recalls come
+ * back the same way (h2o multithread messages). The main thread checkpoints every key's
+ * spent usage to <data-dir>/quota.ckpt (atomic rename, at most once a second), and loads
+ * it at start, so a restart does not reset budgets; usage settled in the last second
+ * before a crash can be missing from the checkpoint (the metadata store still has it).
+ *
+ * Keys without limits are counted the same way (their spent usage shows in `key show`),
+ * but never refused.
+ *
+ * Ownership: every object here belongs to the thread that created it; messages carry
+ * plain copies. */
+#ifndef LLMRELAY_NODE_METERING_H
+#define LLMRELAY_NODE_METERING_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "node/clock.h"
+#include "node/quota.h"
+#include "node/snapshot.h"
+
+struct worker;
+struct server;
+
+#define METER_KEY_ID_MAX 64
+
+/* A request waiting for allowance; embedded in the relay. */
+typedef struct meter_waiter meter_waiter_t;
+typedef void (*meter_wait_cb)(meter_waiter_t *w, const quota_decision_t *d);
+struct meter_waiter {
+    meter_waiter_t *next, *prev;
+    struct meter_entry *entry; /* NULL when not queued */
+    char request_id[65];
+    quota_usage_t worst;
+    meter_wait_cb cb;
+};
+
+/* The message between the threads (both directions). */
+typedef struct meter_msg {
+    int kind; /* METER_REPORT (worker -> main), METER_LEASE, METER_RECALL (main -> worker) */
+    int worker;
+    char key_id[METER_KEY_ID_MAX + 1];
+    /* worker -> main: usage split for `key show` since the last report */
+    int64_t requests, input_tokens, output_tokens;
+    bool has_report; /* worker -> main: u.report is a report to apply (else only the split) */
+    union {
+        quota_report_t report;
+        quota_lease_t lease;
+    } u;
+} meter_msg_t;
+
+enum { METER_REPORT = 1, METER_LEASE, METER_RECALL };
+
+/* ---- worker side ---- */
+
+int meter_worker_init(struct worker *w);
+/* Admission. ADMIT: go on. WAIT: the waiter is queued and its cb will be called (from the
+ * worker loop) with ADMIT or a refusal. A refusal: answer 429. */
+quota_decision_t meter_reserve(struct worker *w, const snapshot_key_t *key, const char *request_id,
+                               quota_usage_t worst, meter_waiter_t *waiter, meter_wait_cb cb);
+/* Header values (x-ratelimit-*) of a key without admitting anything: this worker's last
+ * decision for it, or its limits when it has none yet (-1 where the key has no limit). */
+void meter_peek(struct worker *w, const snapshot_key_t *key, quota_decision_t *d);
+/* The client left while its request waited. */
+void meter_cancel_wait(meter_waiter_t *waiter);
+/* Final settle of an admitted request. */
+void meter_settle(struct worker *w, const snapshot_key_t *key, const char *request_id, quota_usage_t actual,
+                  int64_t input_tokens, int64_t output_tokens);
+/* A message from the main thread (takes ownership). */
+void meter_worker_on_msg(struct worker *w, meter_msg_t *msg);
+/* Every ~100 ms: batched reports. */
+void meter_worker_tick(struct worker *w);
+
+/* ---- main side ---- */
+
+typedef struct metering metering_t;
+
+int metering_create(struct server *s, const node_clock_t *clock, const char *data_dir, metering_t **out);
+/* The config changed: new limits for existing owners (snap borrowed; retained inside). */
+void metering_set_snapshot(metering_t *m, snapshot_t *snap);
+/* A worker's report (takes ownership). */
+void metering_on_msg(metering_t *m, meter_msg_t *msg);
+/* Every second: owner ticks, recalls, checkpoint. */
+void metering_tick(metering_t *m);
+/* Spent so far of a key id; false when the node has never seen it. */
+bool metering_key_spent(metering_t *m, const char *key_id, int64_t *requests, int64_t *input_tokens,
+                        int64_t *output_tokens, double *usd);
+/* Writes the checkpoint now (at exit). */
+void metering_checkpoint(metering_t *m);
+
+#endif
