@@ -1,3 +1,4 @@
+# ctest-labels: sanitize
 """Quotas that cannot be overdrawn (issue 3): the concurrent-budget test (200 concurrent
 requests over HTTP/2 against a budget that covers about 50 worst cases never make the
 upstream serve more tokens than the budget), a USD budget, RPM and TPM windows (limits

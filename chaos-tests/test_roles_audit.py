@@ -37,7 +37,7 @@ def anode(nodes, mock, clock):
 def admins(anode):
     """role -> Admin client holding a token of that role, made by `token create` (the
     node's bootstrap admin token is anode.admin)."""
-    out, names = {}, {}
+    out = {}
     for role in ("admin", "operator", "viewer"):
         name = "%s-%s" % (role, harness.rand_id())
         got = anode.admin.create_token(name, role)

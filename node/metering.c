@@ -24,12 +24,14 @@ typedef struct meter_entry {
     meter_waiter_t *wait_head, *wait_tail;
     size_t n_waiting;
     int64_t requests, input_tokens, output_tokens; /* split not yet reported */
+    quota_usage_t unreserved;                      /* unmetered usage not yet reported */
     struct meter_entry *next_active;               /* worker: entries with a lessee */
     quota_decision_t last;                         /* worker: last decision (header values) */
     bool has_last;
     /* main side */
     quota_owner_t *owner;
     int64_t total_requests, total_input, total_output;
+    quota_usage_t total_unreserved; /* unmetered usage (the owner never saw it) */
     quota_usage_t ckpt_spent; /* from the checkpoint, before the owner exists */
     int64_t ckpt_requests;
     bool from_ckpt;
@@ -110,27 +112,35 @@ int meter_worker_init(worker_t *w)
     return w->meter != NULL ? 0 : -ENOMEM;
 }
 
-/* Sends the lessee's next report, if it has one, with the usage split for `key show`. A
- * report is never invented: an empty one would read as a restarted lessee at the owner. */
+/* Sends the lessee's reports (a report holds at most QUOTA_REPORT_MAX settles; a busy key
+ * has more every tick) with the usage split for `key show`. A report is never invented: an
+ * empty one would read as a restarted lessee at the owner. */
 static void send_report(worker_t *w, meter_entry_t *e)
 {
-    meter_msg_t *msg = malloc(sizeof(*msg));
-    if (msg == NULL)
-        return;
     uint64_t now = (uint64_t)clock_now_ms(w->server->clock);
-    msg->has_report = quota_lessee_take_report(e->lessee, now, &msg->u.report) == 1;
-    if (!msg->has_report && e->requests == 0) {
-        free(msg);
-        return;
+    for (int i = 0; i < 256; i++) {
+        meter_msg_t *msg = malloc(sizeof(*msg));
+        if (msg == NULL)
+            return;
+        msg->has_report = quota_lessee_take_report(e->lessee, now, &msg->u.report) == 1;
+        if (!msg->has_report && e->requests == 0) {
+            free(msg);
+            return;
+        }
+        msg->kind = METER_REPORT;
+        msg->worker = w->index;
+        memcpy(msg->key_id, e->key_id, sizeof(msg->key_id));
+        msg->requests = e->requests;
+        msg->input_tokens = e->input_tokens;
+        msg->output_tokens = e->output_tokens;
+        msg->unreserved = e->unreserved;
+        e->requests = e->input_tokens = e->output_tokens = 0;
+        e->unreserved = (quota_usage_t){0, 0};
+        bool more = msg->has_report && msg->u.report.more;
+        server_send_to_main(w, msg);
+        if (!more)
+            return;
     }
-    msg->kind = METER_REPORT;
-    msg->worker = w->index;
-    memcpy(msg->key_id, e->key_id, sizeof(msg->key_id));
-    msg->requests = e->requests;
-    msg->input_tokens = e->input_tokens;
-    msg->output_tokens = e->output_tokens;
-    e->requests = e->input_tokens = e->output_tokens = 0;
-    server_send_to_main(w, msg);
 }
 
 static meter_entry_t *worker_entry(worker_t *w, const char *key_id)
@@ -140,6 +150,7 @@ static meter_entry_t *worker_entry(worker_t *w, const char *key_id)
     if (e != NULL && e->lessee == NULL) {
         quota_config_t qc;
         quota_config_default(&qc);
+        qc.max_inflight = QUOTA_MAX_INFLIGHT;
         e->lessee = quota_lessee_new(&qc, (uint32_t)w->index + 1);
         if (e->lessee == NULL)
             return NULL;
@@ -235,6 +246,19 @@ void meter_cancel_wait(meter_waiter_t *waiter)
     unlink_waiter(waiter);
 }
 
+void meter_count(worker_t *w, const snapshot_key_t *key, quota_usage_t usage, int64_t input_tokens,
+                 int64_t output_tokens)
+{
+    meter_entry_t *e = worker_entry(w, key->id);
+    if (e == NULL)
+        return;
+    e->requests++;
+    e->input_tokens += input_tokens;
+    e->output_tokens += output_tokens;
+    e->unreserved.tokens += usage.tokens;
+    e->unreserved.nanousd += usage.nanousd;
+}
+
 void meter_settle(worker_t *w, const snapshot_key_t *key, const char *request_id, quota_usage_t actual,
                   int64_t input_tokens, int64_t output_tokens)
 {
@@ -245,6 +269,10 @@ void meter_settle(worker_t *w, const snapshot_key_t *key, const char *request_id
     e->requests++;
     e->input_tokens += input_tokens;
     e->output_tokens += output_tokens;
+    /* Settled requests stay in the lessee's table until reported: a busy key reports as
+     * soon as a report's worth has gathered, not only on the 100 ms tick. */
+    if (e->requests >= QUOTA_REPORT_MAX)
+        send_report(w, e);
 }
 
 /* Retries the waiting requests in order after a grant or a denial. */
@@ -393,6 +421,7 @@ static meter_entry_t *owner_entry(metering_t *m, const char *key_id, uint64_t no
         l = limits_of(k);
     quota_config_t qc;
     quota_config_default(&qc);
+    qc.max_inflight = QUOTA_MAX_INFLIGHT;
     e->owner = quota_owner_new(&qc, &l, e->from_ckpt ? &e->ckpt_spent : NULL, e->ckpt_requests, now);
     return e->owner != NULL ? e : NULL;
 }
@@ -408,6 +437,8 @@ void metering_on_msg(metering_t *m, meter_msg_t *msg)
     e->total_requests += msg->requests;
     e->total_input += msg->input_tokens;
     e->total_output += msg->output_tokens;
+    e->total_unreserved.tokens += msg->unreserved.tokens;
+    e->total_unreserved.nanousd += msg->unreserved.nanousd;
     if (msg->requests != 0 || (msg->has_report && msg->u.report.n_entries != 0))
         m->dirty = true;
     quota_lease_t answer;
@@ -462,6 +493,8 @@ void metering_checkpoint(metering_t *m)
         if (e == NULL)
             continue;
         quota_usage_t spent = e->owner != NULL ? quota_owner_spent(e->owner) : e->ckpt_spent;
+        spent.tokens += e->total_unreserved.tokens;
+        spent.nanousd += e->total_unreserved.nanousd;
         fprintf(f, "%s %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", e->key_id, spent.tokens,
                 spent.nanousd, e->total_requests, e->total_input, e->total_output);
     }
@@ -492,6 +525,7 @@ bool metering_key_spent(metering_t *m, const char *key_id, int64_t *requests, in
     if (e == NULL)
         return false;
     quota_usage_t spent = e->owner != NULL ? quota_owner_spent(e->owner) : e->ckpt_spent;
+    spent.nanousd += e->total_unreserved.nanousd;
     *requests = e->total_requests;
     *input_tokens = e->total_input;
     *output_tokens = e->total_output;

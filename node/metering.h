@@ -49,6 +49,7 @@ typedef struct meter_msg {
     char key_id[METER_KEY_ID_MAX + 1];
     /* worker -> main: usage split for `key show` since the last report */
     int64_t requests, input_tokens, output_tokens;
+    quota_usage_t unreserved; /* usage of unmetered requests (not in any report) */
     bool has_report; /* worker -> main: u.report is a report to apply (else only the split) */
     union {
         quota_report_t report;
@@ -73,6 +74,10 @@ void meter_cancel_wait(meter_waiter_t *waiter);
 /* Final settle of an admitted request. */
 void meter_settle(struct worker *w, const snapshot_key_t *key, const char *request_id, quota_usage_t actual,
                   int64_t input_tokens, int64_t output_tokens);
+/* Usage of a request of a key without limits (nothing was reserved): counted for
+ * `key show` and the checkpoint only. */
+void meter_count(struct worker *w, const snapshot_key_t *key, quota_usage_t usage, int64_t input_tokens,
+                 int64_t output_tokens);
 /* A message from the main thread (takes ownership). */
 void meter_worker_on_msg(struct worker *w, meter_msg_t *msg);
 /* Every ~100 ms: batched reports. */

@@ -199,24 +199,72 @@ static void win_take_back(rate_window_t *w, uint64_t id, int64_t amount)
 
 /* ---------------------------------------------------------------- settled ring */
 
+/* The ids of recent finals: a FIFO ring (age order, for eviction and aging) plus an
+ * open-addressing index of the same keys (linear probing, backward-shift deletion), so a
+ * lookup is O(1) rather than a scan of up to settled_ring entries per settle. Keys are
+ * never 0 (quota_request_key), which marks an empty index slot. */
 typedef struct settled_ring {
     uint64_t *keys;
     uint64_t *times;
     uint32_t cap, start, count;
+    uint64_t *index;    /* 2 * cap slots (a power of two), 0 = empty */
+    uint32_t index_mask;
 } settled_ring_t;
+
+static uint32_t index_slot(uint64_t key, uint32_t mask)
+{
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    return (uint32_t)key & mask;
+}
 
 static bool ring_has(const settled_ring_t *r, uint64_t key)
 {
-    for (uint32_t i = 0; i < r->count; i++)
-        if (r->keys[(r->start + i) % r->cap] == key)
+    if (r->index == NULL)
+        return false;
+    for (uint32_t i = index_slot(key, r->index_mask);; i = (i + 1) & r->index_mask) {
+        if (r->index[i] == key)
             return true;
-    return false;
+        if (r->index[i] == 0)
+            return false;
+    }
+}
+
+static void index_put(settled_ring_t *r, uint64_t key)
+{
+    uint32_t i = index_slot(key, r->index_mask);
+    while (r->index[i] != 0 && r->index[i] != key)
+        i = (i + 1) & r->index_mask;
+    r->index[i] = key;
+}
+
+static void index_del(settled_ring_t *r, uint64_t key)
+{
+    uint32_t i = index_slot(key, r->index_mask);
+    while (r->index[i] != key) {
+        if (r->index[i] == 0)
+            return;
+        i = (i + 1) & r->index_mask;
+    }
+    /* Backward-shift: move later members of the probe run into the hole. */
+    uint32_t hole = i;
+    for (uint32_t j = (i + 1) & r->index_mask; r->index[j] != 0; j = (j + 1) & r->index_mask) {
+        uint32_t home = index_slot(r->index[j], r->index_mask);
+        bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
+        if (movable) {
+            r->index[hole] = r->index[j];
+            hole = j;
+        }
+    }
+    r->index[hole] = 0;
 }
 
 static void ring_free(settled_ring_t *r)
 {
     free(r->keys);
     free(r->times);
+    free(r->index);
     memset(r, 0, sizeof(*r));
 }
 
@@ -225,10 +273,15 @@ static int ring_grow(settled_ring_t *r, uint32_t max)
     uint32_t ncap = r->cap ? r->cap * 2 : 16;
     if (ncap > max)
         ncap = max;
+    uint32_t nslots = 16;
+    while (nslots < 2 * ncap)
+        nslots <<= 1;
     uint64_t *keys = malloc(sizeof(uint64_t) * ncap), *times = malloc(sizeof(uint64_t) * ncap);
-    if (!keys || !times) {
+    uint64_t *index = calloc(nslots, sizeof(uint64_t));
+    if (!keys || !times || !index) {
         free(keys);
         free(times);
+        free(index);
         return -ENOMEM;
     }
     for (uint32_t i = 0; i < r->count; i++) {
@@ -237,10 +290,15 @@ static int ring_grow(settled_ring_t *r, uint32_t max)
     }
     free(r->keys);
     free(r->times);
+    free(r->index);
     r->keys = keys;
     r->times = times;
+    r->index = index;
+    r->index_mask = nslots - 1;
     r->cap = ncap;
     r->start = 0;
+    for (uint32_t i = 0; i < r->count; i++)
+        index_put(r, r->keys[i]);
     return 0;
 }
 
@@ -249,6 +307,7 @@ static void ring_add(settled_ring_t *r, uint64_t key, uint64_t now, uint32_t max
     if (r->count == r->cap && (r->cap >= max || ring_grow(r, max) != 0)) {
         if (r->cap == 0)
             return;                         /* no memory at all: idempotency degrades to the in-flight tables */
+        index_del(r, r->keys[r->start]);
         r->start = (r->start + 1) % r->cap; /* forget the oldest */
         r->count--;
     }
@@ -256,11 +315,13 @@ static void ring_add(settled_ring_t *r, uint64_t key, uint64_t now, uint32_t max
     r->keys[at] = key;
     r->times[at] = now;
     r->count++;
+    index_put(r, key);
 }
 
 static void ring_age(settled_ring_t *r, uint64_t now, uint64_t max_age)
 {
     while (r->count > 0 && r->times[r->start] + max_age < now) {
+        index_del(r, r->keys[r->start]);
         r->start = (r->start + 1) % r->cap;
         r->count--;
     }

@@ -385,7 +385,10 @@ static void relay_upstream_over(relay_t *r)
         memset(&u, 0, sizeof(u));
     }
     int64_t nanousd = cost_nanousd(r->snap, r->model, &u);
-    if (r->admitted) {
+    if (r->admitted && !snapshot_key_metered(r->key)) {
+        meter_count(r->worker, r->key, (quota_usage_t){u.input_tokens + u.output_tokens, nanousd}, u.input_tokens,
+                    u.output_tokens);
+    } else if (r->admitted) {
         quota_usage_t actual = {u.input_tokens + u.output_tokens, nanousd};
         if (estimated) {
             /* An estimate is no measurement: never bill it above the reservation. */
@@ -864,6 +867,13 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     r->link->relay = r;
     w->inflight++;
 
+    /* A key without limits needs no reservation: its usage is only counted. */
+    if (!snapshot_key_metered(key)) {
+        quota_decision_t free_pass;
+        meter_peek(w, key, &free_pass);
+        relay_admitted(r, &free_pass);
+        return;
+    }
     /* Admission: reserve the worst case against the key's budget and rate windows. */
     bool no_output = ep->kind == REQJSON_EMBEDDINGS;
     int64_t out_bound = no_output ? 0 : info.max_output_tokens >= 0 ? info.max_output_tokens : cfg->default_max_output_tokens;

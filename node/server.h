@@ -61,7 +61,7 @@ typedef struct worker {
     struct meter_worker *meter; /* metering.c's lessees of this worker */
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
-    uv_check_t log_flush; /* writes the batched metadata lines once per loop iteration */
+    uv_timer_t log_flush; /* writes the batched metadata lines every 50 ms */
     char *log_buf;
     size_t log_len;
     uv_sem_t started, stopped;

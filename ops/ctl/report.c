@@ -19,7 +19,7 @@ static const char logs_help[] =
     "usage: llmrelayctl logs [--key ID] [--since DUR|TIME] [--until DUR|TIME] [--status S]\n"
     "           [--model M] [--limit N] [--cursor C]\n"
     "\n"
-    "Request metadata records (never content), oldest first. DUR is 30s, 15m, 24h, 7d\n"
+    "Request metadata records (never content), newest first. DUR is 30s, 15m, 24h, 7d\n"
     "back from now; TIME is RFC 3339. --status takes a code (429) or a class (4xx).\n"
     "Default: the last 24h, 100 records.\n";
 static const char usage_help[] = "usage: llmrelayctl usage [--key ID] [--since DUR|TIME] [--until DUR|TIME]\n"
