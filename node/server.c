@@ -563,5 +563,6 @@ void server_stop(server_t *s)
         send_msg(&s->workers[i].receiver, MSG_STOP, NULL);
     for (int i = 0; i < s->n_workers; i++)
         uv_sem_wait(&s->workers[i].stopped);
-    h2o_multithread_unregister_receiver(s->main_queue, &s->main_receiver);
+    /* The main receiver stays registered: the workers' last metadata batches are still in
+     * its queue, for the main loop to store before the process exits. */
 }
