@@ -709,7 +709,8 @@ static int list_segments(mstore_t *s, int64_t lo, int64_t hi, int64_t **out, siz
         free(hours);
         return err;
     }
-    qsort(hours, n, sizeof(*hours), cmp_i64);
+    if (n > 1) /* hours is NULL when the directory holds no segment */
+        qsort(hours, n, sizeof(*hours), cmp_i64);
     if (n > MSTORE_SEGMENTS_MAX) {
         memmove(hours, hours + (n - MSTORE_SEGMENTS_MAX), MSTORE_SEGMENTS_MAX * sizeof(*hours));
         n = MSTORE_SEGMENTS_MAX;
