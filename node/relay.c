@@ -245,25 +245,33 @@ static size_t format_reset(char *buf, size_t cap, uint64_t ms)
 
 /* OpenAI's x-ratelimit-* headers with the key's live values; -1 where the key has no such
  * limit (then there is no reset either). */
+static void add_count_header(h2o_req_t *req, const char *name, int64_t value)
+{
+    if (value < 0) {
+        add_header(req, name, "-1", 2); /* no such limit: a constant, no formatting */
+        return;
+    }
+    char v[24];
+    size_t n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)value);
+    add_header(req, name, h2o_strdup(&req->pool, v, n).base, n);
+}
+
 static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
 {
+    bool has_req = d->limit_requests >= 0, has_tok = d->limit_tokens >= 0;
+    add_count_header(req, "x-ratelimit-limit-requests", has_req ? d->limit_requests : -1);
+    add_count_header(req, "x-ratelimit-remaining-requests",
+                     has_req ? (d->remaining_requests > 0 ? d->remaining_requests : 0) : -1);
+    add_count_header(req, "x-ratelimit-limit-tokens", has_tok ? d->limit_tokens : -1);
+    add_count_header(req, "x-ratelimit-remaining-tokens",
+                     has_tok ? (d->remaining_tokens > 0 ? d->remaining_tokens : 0) : -1);
     char v[32];
     size_t n;
-    int64_t rem_req = d->limit_requests < 0 ? -1 : d->remaining_requests > 0 ? d->remaining_requests : 0;
-    int64_t rem_tok = d->limit_tokens < 0 ? -1 : d->remaining_tokens > 0 ? d->remaining_tokens : 0;
-    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)(d->limit_requests < 0 ? -1 : d->limit_requests));
-    add_header(req, "x-ratelimit-limit-requests", h2o_strdup(&req->pool, v, n).base, n);
-    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)rem_req);
-    add_header(req, "x-ratelimit-remaining-requests", h2o_strdup(&req->pool, v, n).base, n);
-    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)(d->limit_tokens < 0 ? -1 : d->limit_tokens));
-    add_header(req, "x-ratelimit-limit-tokens", h2o_strdup(&req->pool, v, n).base, n);
-    n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)rem_tok);
-    add_header(req, "x-ratelimit-remaining-tokens", h2o_strdup(&req->pool, v, n).base, n);
-    if (d->limit_requests >= 0) {
+    if (has_req) {
         n = format_reset(v, sizeof(v), d->reset_requests_ms);
         add_header(req, "x-ratelimit-reset-requests", h2o_strdup(&req->pool, v, n).base, n);
     }
-    if (d->limit_tokens >= 0) {
+    if (has_tok) {
         n = format_reset(v, sizeof(v), d->reset_tokens_ms);
         add_header(req, "x-ratelimit-reset-tokens", h2o_strdup(&req->pool, v, n).base, n);
     }

@@ -269,7 +269,12 @@ static yajl_handle parser_new(scan_ctx_t *c)
 {
     yajl_alloc_funcs af;
     wipe_yajl_alloc_funcs_init(&af);
-    return yajl_alloc(&callbacks, &af, c);
+    yajl_handle h = yajl_alloc(&callbacks, &af, c);
+    /* The upstream's answer is relayed byte for byte whatever its encoding: checking its
+     * UTF-8 here would only cost time (the client-facing request parser stays strict). */
+    if (h != NULL)
+        yajl_config(h, yajl_dont_validate_strings, 1);
+    return h;
 }
 
 int usage_scan_init(usage_scan_t **out)
