@@ -17,6 +17,8 @@
  * whole hours, and queries filter every record on its ts. */
 #include "node/mstore.h"
 
+#include "node/util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -51,29 +53,6 @@ struct mstore {
 
 /* ---- time ------------------------------------------------------------------------- */
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
 
 static int64_t floor_div(int64_t a, int64_t b)
 {
@@ -90,7 +69,7 @@ static int64_t hour_of(int64_t ts_ms)
 static bool hour_fields(int64_t hour_ms, int64_t *y, unsigned *m, unsigned *d, unsigned *h)
 {
     int64_t hours = floor_div(hour_ms, MSTORE_HOUR_MS);
-    civil_from_days(floor_div(hours, 24), y, m, d);
+    util_civil_from_days(floor_div(hours, 24), y, m, d);
     *h = (unsigned)(hours - floor_div(hours, 24) * 24);
     return *y >= 0 && *y <= 9999;
 }
@@ -138,7 +117,7 @@ static bool segment_hour(const char *name, int64_t *hour_ms)
     if (!read_digits(name + 5, 4, &y) || !read_digits(name + 9, 2, &m) || !read_digits(name + 11, 2, &d) ||
         !read_digits(name + 13, 2, &h) || m < 1 || m > 12 || d < 1 || d > 31 || h > 23)
         return false;
-    *hour_ms = (days_from_civil(y, m, d) * 24 + h) * MSTORE_HOUR_MS;
+    *hour_ms = (util_days_from_civil(y, m, d) * 24 + h) * MSTORE_HOUR_MS;
     char back[SEG_NAME_LEN + 1];
     return segment_name(*hour_ms, back) && strcmp(back, name) == 0; /* rejects Feb 30 */
 }
@@ -276,7 +255,7 @@ static bool ts(cur_t *c, int64_t *out)
         !read_digits(p + 12, 2, &h) || !read_digits(p + 15, 2, &mi) || !read_digits(p + 18, 2, &s) ||
         !read_digits(p + 21, 3, &ms) || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
         return false;
-    *out = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + (int64_t)s * 1000 + ms;
+    *out = ((util_days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + (int64_t)s * 1000 + ms;
     c->p += 26;
     return true;
 }

@@ -268,7 +268,7 @@ bool util_request_id_sane(const char *s, size_t len)
 }
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t util_days_from_civil(int64_t y, unsigned m, unsigned d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -278,7 +278,7 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+void util_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
 {
     z += 719468;
     int64_t era = (z >= 0 ? z : z - 146096) / 146097;
@@ -305,7 +305,7 @@ int util_format_rfc3339(int64_t unix_s, char out[32])
     int64_t secs = unix_s - days * 86400;
     int64_t y;
     unsigned m, d;
-    civil_from_days(days, &y, &m, &d);
+    util_civil_from_days(days, &y, &m, &d);
     /* Ranges are known (y 0..9999, m 1..12, d 1..31, secs 0..86399); the casts tell gcc. */
     snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02uZ", (unsigned)y % 10000u, m % 100u, d % 100u,
              (unsigned)(secs / 3600) % 100u, (unsigned)(secs / 60 % 60), (unsigned)(secs % 60));
@@ -383,7 +383,7 @@ int util_parse_rfc3339(const char *s, int64_t *unix_s)
         return -EINVAL;
 
     /* A leap second (":60") lands on the first second of the next minute. */
-    *unix_s = days_from_civil(year, (unsigned)mon, (unsigned)day) * 86400 + hour * 3600 + min * 60 + sec - offset_s;
+    *unix_s = util_days_from_civil(year, (unsigned)mon, (unsigned)day) * 86400 + hour * 3600 + min * 60 + sec - offset_s;
     return 0;
 }
 

@@ -54,6 +54,10 @@ int util_format_rfc3339(int64_t unix_s, char out[32]);
  * space separator are accepted; the fraction is truncated. Returns 0 or -EINVAL. */
 int util_parse_rfc3339(const char *s, int64_t *unix_s);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (y, m 1..12, d 1..31). */
+int64_t util_days_from_civil(int64_t y, unsigned m, unsigned d);
+void util_civil_from_days(int64_t days, int64_t *y, unsigned *m, unsigned *d);
+
 /* Constant-time equality of two len-byte buffers (CRYPTO_memcmp). */
 bool util_ct_equal(const void *a, const void *b, size_t len);
 
