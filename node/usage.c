@@ -1,19 +1,27 @@
 /* usage: token usage from OpenAI-format response JSON (see usage.h).
  *
- * How it works: a yajl SAX pass whose callbacks keep, for each open container down to
- * USAGE_KEY_DEPTH, a role (root, "response", "usage", the two *_details objects, the
- * "choices" array, other) and the id of the current key, chosen from a short fixed table
- * per role. A number is a count only when its container's role and key say so, so content
- * is never looked at beyond counting the bytes of delta-like strings. The same callbacks
- * serve whole bodies fed piecewise (usage_scan_*) and single SSE events (usage_scan_chunk). */
+ * How it works: a small incremental JSON tokenizer (no allocation, fed any split of the input)
+ * drives SAX-style callbacks that keep, for each open container down to USAGE_KEY_DEPTH, a
+ * role (root, "response", "usage", the two *_details objects, the "choices" array, other) and
+ * the id of the current key, chosen from a short fixed table per role. A number is a count
+ * only when its container's role and key say so, so content is never looked at beyond
+ * counting the decoded bytes of delta-like strings. The same tokenizer and callbacks serve
+ * whole bodies fed piecewise (usage_scan_*) and single SSE events (usage_scan_chunk).
+ *
+ * The tokenizer keeps only the first STR_CAP decoded bytes of a string (every key or value the
+ * role logic compares is shorter) and counts the rest; numbers are kept as raw text up to
+ * NUM_CAP characters (longer is rejected). It accepts what yajl (which it replaced) accepted
+ * with its defaults: one top-level value of any type, whitespace " \t\n\v\f\r", no comments, no
+ * trailing garbage, strings not checked for UTF-8 (the upstream's answer is relayed byte for
+ * byte whatever its encoding) but raw control bytes rejected. \uXXXX escapes are decoded to
+ * UTF-8 (a high surrogate followed by any \uXXXX: 4 bytes; a lone high surrogate: "?"). The
+ * string buffer is wiped when the scanner is freed or the one-shot scan ends. */
 #include "node/usage.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_parse.h>
-
-#include "node/wipe.h"
 
 typedef enum {
     ROLE_OTHER,
@@ -51,12 +59,6 @@ typedef struct scan_ctx {
     int choices;            /* 0 no top-level "choices" array, 1 empty, 2 not empty */
     unsigned counted_depth; /* depth of the top-level "choices" or "output" array we are in, or 0 */
 } scan_ctx_t;
-
-struct usage_scan {
-    scan_ctx_t ctx;
-    yajl_handle parser;
-    int rc;
-};
 
 static bool key_is(const unsigned char *k, size_t n, const char *lit)
 {
@@ -124,13 +126,13 @@ static void count_item(scan_ctx_t *c)
         c->choices = 2;
 }
 
-static int cb_null(void *data)
+static int cb_null(scan_ctx_t *data)
 {
     count_item(data);
     return 1;
 }
 
-static int cb_boolean(void *data, int b)
+static int cb_boolean(scan_ctx_t *data, int b)
 {
     (void)b;
     count_item(data);
@@ -150,7 +152,7 @@ static int64_t parse_count(const char *s, size_t n)
     return v;
 }
 
-static int cb_number(void *data, const char *s, size_t n)
+static int cb_number(scan_ctx_t *data, const char *s, size_t n)
 {
     scan_ctx_t *c = data;
     count_item(c);
@@ -172,7 +174,7 @@ static bool str_is(const unsigned char *s, size_t n, const char *lit)
     return key_is(s, n, lit);
 }
 
-static int cb_string(void *data, const unsigned char *s, size_t n)
+static int cb_string(scan_ctx_t *data, const unsigned char *s, size_t n)
 {
     scan_ctx_t *c = data;
     count_item(c);
@@ -222,17 +224,7 @@ static int open_container(scan_ctx_t *c, bool is_map)
     return 1;
 }
 
-static int cb_start_map(void *data)
-{
-    return open_container(data, true);
-}
-
-static int cb_start_array(void *data)
-{
-    return open_container(data, false);
-}
-
-static int close_container(void *data)
+static int close_container(scan_ctx_t *data)
 {
     scan_ctx_t *c = data;
     if (cur_role(c) == ROLE_USAGE) {
@@ -245,7 +237,7 @@ static int close_container(void *data)
     return 1;
 }
 
-static int cb_map_key(void *data, const unsigned char *k, size_t n)
+static int cb_map_key(scan_ctx_t *data, const unsigned char *k, size_t n)
 {
     scan_ctx_t *c = data;
     if (c->depth >= 1 && c->depth <= USAGE_KEY_DEPTH)
@@ -253,28 +245,394 @@ static int cb_map_key(void *data, const unsigned char *k, size_t n)
     return 1;
 }
 
-static const yajl_callbacks callbacks = {
-    .yajl_null = cb_null,
-    .yajl_boolean = cb_boolean,
-    .yajl_number = cb_number,
-    .yajl_string = cb_string,
-    .yajl_start_map = cb_start_map,
-    .yajl_map_key = cb_map_key,
-    .yajl_end_map = close_container,
-    .yajl_start_array = cb_start_array,
-    .yajl_end_array = close_container,
+/* The tokenizer. Lexical state (inside a string, an escape, a \uXXXX, a number or a literal)
+ * and grammar state (what may come next) are kept apart; a token split across feeds simply
+ * resumes. The container stack is the callbacks' depth plus one bit per level (map or array). */
+#define STR_CAP 64 /* decoded string bytes kept; the longest literal compared has 25 */
+#define NUM_CAP 64 /* raw number characters kept; longer numbers are rejected */
+
+typedef enum { G_VALUE, G_ARR_FIRST, G_OBJ_FIRST, G_OBJ_KEY, G_COLON, G_AFTER, G_DONE } gram_t;
+typedef enum { L_NONE, L_STR, L_ESC, L_HEX, L_NUM, L_LIT } lex_t;
+/* number states; the ones marked end may end the number */
+typedef enum {
+    N_MINUS,
+    N_ZERO /* end */,
+    N_INT /* end */,
+    N_DOT,
+    N_FRAC /* end */,
+    N_E,
+    N_ESIGN,
+    N_EXP /* end */
+} num_t;
+
+static const char *const literals[] = {"true", "false", "null"};
+
+typedef struct tok {
+    scan_ctx_t ctx;
+    uint8_t gram, lex, num, lit, lit_pos, hex_n;
+    bool is_key;       /* the string being read is a key */
+    bool high_pending; /* a high surrogate was read; a \uXXXX may follow */
+    uint32_t hex, high;
+    size_t str_len; /* decoded length of the string so far (str holds its first STR_CAP bytes) */
+    size_t num_len;
+    uint8_t is_map[USAGE_MAX_DEPTH / 8]; /* bit depth-1: container at depth is a map */
+    unsigned char str[STR_CAP];
+    char numbuf[NUM_CAP];
+} tok_t;
+
+struct usage_scan {
+    tok_t tok;
+    int rc;
 };
 
-static yajl_handle parser_new(scan_ctx_t *c)
+static inline void str_put(tok_t *t, const uint8_t *p, size_t n)
 {
-    yajl_alloc_funcs af;
-    wipe_yajl_alloc_funcs_init(&af);
-    yajl_handle h = yajl_alloc(&callbacks, &af, c);
-    /* The upstream's answer is relayed byte for byte whatever its encoding: checking its
-     * UTF-8 here would only cost time (the client-facing request parser stays strict). */
-    if (h != NULL)
-        yajl_config(h, yajl_dont_validate_strings, 1);
-    return h;
+    if (t->str_len < STR_CAP) {
+        size_t k = STR_CAP - t->str_len < n ? STR_CAP - t->str_len : n;
+        memcpy(t->str + t->str_len, p, k);
+    }
+    t->str_len += n;
+}
+
+static void str_put_code(tok_t *t, uint32_t cp)
+{
+    uint8_t u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (uint8_t)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (uint8_t)(0xC0 | (cp >> 6));
+        u[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (uint8_t)(0xE0 | (cp >> 12));
+        u[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (uint8_t)(0xF0 | (cp >> 18));
+        u[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    str_put(t, u, n);
+}
+
+static void flush_high(tok_t *t)
+{
+    if (t->high_pending) {
+        t->high_pending = false;
+        str_put(t, (const uint8_t *)"?", 1);
+    }
+}
+
+static void after_value(tok_t *t)
+{
+    t->lex = L_NONE;
+    t->gram = t->ctx.depth == 0 ? G_DONE : G_AFTER;
+}
+
+static bool is_ws(uint8_t ch)
+{
+    return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t' || ch == '\v' || ch == '\f';
+}
+
+static int open_value(tok_t *t, bool is_map)
+{
+    if (!open_container(&t->ctx, is_map))
+        return -EINVAL;
+    unsigned d = t->ctx.depth - 1;
+    if (is_map)
+        t->is_map[d / 8] |= (uint8_t)(1u << (d % 8));
+    else
+        t->is_map[d / 8] &= (uint8_t) ~(1u << (d % 8));
+    t->gram = is_map ? G_OBJ_FIRST : G_ARR_FIRST;
+    return 0;
+}
+
+static bool top_is_map(const tok_t *t)
+{
+    unsigned d = t->ctx.depth - 1;
+    return (t->is_map[d / 8] >> (d % 8)) & 1;
+}
+
+/* A value starts with ch (already consumed). */
+static int start_value(tok_t *t, uint8_t ch)
+{
+    switch (ch) {
+    case '{':
+        return open_value(t, true);
+    case '[':
+        return open_value(t, false);
+    case '"':
+        t->lex = L_STR;
+        t->is_key = false;
+        t->str_len = 0;
+        return 0;
+    case '-':
+    case '0':
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+    case '7':
+    case '8':
+    case '9':
+        t->lex = L_NUM;
+        t->num = ch == '-' ? N_MINUS : ch == '0' ? N_ZERO : N_INT;
+        t->numbuf[0] = (char)ch;
+        t->num_len = 1;
+        return 0;
+    case 't':
+    case 'f':
+    case 'n':
+        t->lex = L_LIT;
+        t->lit = ch == 't' ? 0 : ch == 'f' ? 1 : 2;
+        t->lit_pos = 1;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+static void close_value(tok_t *t)
+{
+    close_container(&t->ctx);
+    after_value(t);
+}
+
+/* Next state of a number given ch, or -1 if ch does not continue it. */
+static int num_next(num_t st, uint8_t ch)
+{
+    bool digit = ch >= '0' && ch <= '9';
+    switch (st) {
+    case N_MINUS:
+        return ch == '0' ? N_ZERO : digit ? N_INT : -1;
+    case N_ZERO:
+        return ch == '.' ? N_DOT : (ch == 'e' || ch == 'E') ? N_E : -1;
+    case N_INT:
+        return digit ? N_INT : ch == '.' ? N_DOT : (ch == 'e' || ch == 'E') ? N_E : -1;
+    case N_DOT:
+        return digit ? N_FRAC : -1;
+    case N_FRAC:
+        return digit ? N_FRAC : (ch == 'e' || ch == 'E') ? N_E : -1;
+    case N_E:
+        return (ch == '+' || ch == '-') ? N_ESIGN : digit ? N_EXP : -1;
+    case N_ESIGN:
+    case N_EXP:
+        return digit ? N_EXP : -1;
+    }
+    return -1;
+}
+
+static bool num_can_end(num_t st)
+{
+    return st == N_ZERO || st == N_INT || st == N_FRAC || st == N_EXP;
+}
+
+static int hex_digit(uint8_t ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* 1 for the bytes a string holds as they are: not '"', '\\' or a control byte. */
+/* clang-format off */
+#define ROW_1 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+static const uint8_t str_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10 */
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20: '"' */
+    ROW_1, ROW_1,                                   /* 0x30, 0x40 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x50: '\\' */
+    ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, ROW_1, /* 0x60 to 0xff */
+};
+/* clang-format on */
+
+static int tok_feed(tok_t *t, const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t ch;
+        switch ((lex_t)t->lex) {
+        case L_STR: {
+            if (t->high_pending && p[i] != '\\')
+                flush_high(t);
+            size_t j = i;
+            while (j + 4 <= len && str_plain[p[j]] && str_plain[p[j + 1]] && str_plain[p[j + 2]] && str_plain[p[j + 3]])
+                j += 4;
+            while (j < len && str_plain[p[j]])
+                j++;
+            str_put(t, p + i, j - i);
+            i = j;
+            if (i == len)
+                return 0;
+            ch = p[i++];
+            if (ch == '\\') {
+                t->lex = L_ESC;
+            } else if (ch != '"') {
+                return -EINVAL; /* raw control byte */
+            } else if (t->is_key) {
+                cb_map_key(&t->ctx, t->str, t->str_len);
+                t->lex = L_NONE;
+                t->gram = G_COLON;
+            } else {
+                cb_string(&t->ctx, t->str, t->str_len);
+                after_value(t);
+            }
+            continue;
+        }
+        case L_ESC:
+            ch = p[i++];
+            if (ch != 'u')
+                flush_high(t);
+            t->lex = L_STR;
+            switch (ch) {
+            case '"':
+            case '\\':
+            case '/':
+                break;
+            case 'b':
+                ch = '\b';
+                break;
+            case 'f':
+                ch = '\f';
+                break;
+            case 'n':
+                ch = '\n';
+                break;
+            case 'r':
+                ch = '\r';
+                break;
+            case 't':
+                ch = '\t';
+                break;
+            case 'u':
+                t->lex = L_HEX;
+                t->hex_n = 0;
+                t->hex = 0;
+                continue;
+            default:
+                return -EINVAL;
+            }
+            str_put(t, &ch, 1);
+            continue;
+        case L_HEX: {
+            int h = hex_digit(p[i++]);
+            if (h < 0)
+                return -EINVAL;
+            t->hex = t->hex << 4 | (uint32_t)h;
+            if (++t->hex_n < 4)
+                continue;
+            t->lex = L_STR;
+            if (t->high_pending) {
+                t->high_pending = false;
+                str_put_code(t, 0x10000 + ((t->high & 0x3FF) << 10) + (t->hex & 0x3FF));
+            } else if ((t->hex & 0xFC00) == 0xD800) {
+                t->high_pending = true;
+                t->high = t->hex;
+            } else {
+                str_put_code(t, t->hex);
+            }
+            continue;
+        }
+        case L_NUM: {
+            int next = num_next((num_t)t->num, p[i]);
+            if (next >= 0) {
+                if (t->num_len == NUM_CAP)
+                    return -EINVAL;
+                t->numbuf[t->num_len++] = (char)p[i++];
+                t->num = (uint8_t)next;
+                continue;
+            }
+            if (!num_can_end((num_t)t->num))
+                return -EINVAL;
+            cb_number(&t->ctx, t->numbuf, t->num_len);
+            after_value(t);
+            continue; /* p[i] is read again as grammar */
+        }
+        case L_LIT: {
+            const char *w = literals[t->lit];
+            if (p[i++] != (uint8_t)w[t->lit_pos])
+                return -EINVAL;
+            if (w[++t->lit_pos] != '\0')
+                continue;
+            if (t->lit == 2)
+                cb_null(&t->ctx);
+            else
+                cb_boolean(&t->ctx, t->lit == 0);
+            after_value(t);
+            continue;
+        }
+        case L_NONE:
+            break;
+        }
+        ch = p[i++];
+        if (is_ws(ch))
+            continue;
+        int rc = 0;
+        switch ((gram_t)t->gram) {
+        case G_ARR_FIRST:
+            if (ch == ']') {
+                close_value(t);
+                break;
+            }
+            /* fall through */
+        case G_VALUE:
+            rc = start_value(t, ch);
+            break;
+        case G_OBJ_FIRST:
+            if (ch == '}') {
+                close_value(t);
+                break;
+            }
+            /* fall through */
+        case G_OBJ_KEY:
+            if (ch != '"')
+                return -EINVAL;
+            t->lex = L_STR;
+            t->is_key = true;
+            t->str_len = 0;
+            break;
+        case G_COLON:
+            if (ch != ':')
+                return -EINVAL;
+            t->gram = G_VALUE;
+            break;
+        case G_AFTER:
+            if (ch == ',')
+                t->gram = top_is_map(t) ? G_OBJ_KEY : G_VALUE;
+            else if (ch == (top_is_map(t) ? '}' : ']'))
+                close_value(t);
+            else
+                return -EINVAL;
+            break;
+        case G_DONE:
+            return -EINVAL; /* trailing garbage */
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* End of input: 0 if exactly one complete value was read, else -EINVAL. */
+static int tok_finish(tok_t *t)
+{
+    if (t->lex == L_NUM && num_can_end((num_t)t->num)) {
+        cb_number(&t->ctx, t->numbuf, t->num_len);
+        after_value(t);
+    }
+    return t->lex == L_NONE && t->gram == G_DONE ? 0 : -EINVAL;
 }
 
 int usage_scan_init(usage_scan_t **out)
@@ -282,29 +640,22 @@ int usage_scan_init(usage_scan_t **out)
     usage_scan_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return -ENOMEM;
-    s->parser = parser_new(&s->ctx);
-    if (s->parser == NULL) {
-        free(s);
-        return -ENOMEM;
-    }
     *out = s;
     return 0;
 }
 
 int usage_scan_feed(usage_scan_t *s, const uint8_t *buf, size_t len)
 {
-    if (s->rc != 0)
-        return s->rc;
-    if (yajl_parse(s->parser, buf, len) != yajl_status_ok)
-        s->rc = -EINVAL;
+    if (s->rc == 0)
+        s->rc = tok_feed(&s->tok, buf, len);
     return s->rc;
 }
 
 int usage_scan_finish(usage_scan_t *s, usage_t *out)
 {
-    if (s->rc == 0 && yajl_complete_parse(s->parser) != yajl_status_ok)
-        s->rc = -EINVAL;
-    *out = s->ctx.res.usage;
+    if (s->rc == 0)
+        s->rc = tok_finish(&s->tok);
+    *out = s->tok.ctx.res.usage;
     if (s->rc != 0)
         out->found = false;
     if (!out->found)
@@ -314,37 +665,32 @@ int usage_scan_finish(usage_scan_t *s, usage_t *out)
 
 size_t usage_scan_content_bytes(const usage_scan_t *s)
 {
-    return s->ctx.res.content_bytes;
+    return s->tok.ctx.res.content_bytes;
 }
 
 void usage_scan_free(usage_scan_t *s)
 {
     if (s == NULL)
         return;
-    yajl_free(s->parser);
     explicit_bzero(s, sizeof(*s));
     free(s);
 }
 
 int usage_scan_chunk(const uint8_t *json, size_t len, usage_chunk_t *out)
 {
-    scan_ctx_t c;
-    memset(&c, 0, sizeof(c));
-    yajl_handle h = parser_new(&c);
-    if (h == NULL) {
-        memset(out, 0, sizeof(*out));
-        return -ENOMEM;
-    }
-    int rc = 0;
-    if (yajl_parse(h, json, len) != yajl_status_ok || yajl_complete_parse(h) != yajl_status_ok)
-        rc = -EINVAL;
-    yajl_free(h);
-    *out = c.res;
+    tok_t t;
+    memset(&t, 0, offsetof(tok_t, is_map)); /* the stack and buffers are written before read */
+    int rc = tok_feed(&t, json, len);
+    if (rc == 0)
+        rc = tok_finish(&t);
+    *out = t.ctx.res;
+    explicit_bzero(t.str, sizeof(t.str));
+    explicit_bzero(t.numbuf, sizeof(t.numbuf));
     if (rc != 0 || !out->usage.found) {
         memset(&out->usage, 0, sizeof(out->usage));
         out->usage_only = false;
     } else {
-        out->usage_only = c.choices == 1;
+        out->usage_only = t.ctx.choices == 1;
     }
     return rc;
 }

@@ -19,7 +19,7 @@
  * arguments. The full texts repeated by Responses *.done and response.completed events are
  * not counted again.
  *
- * Every yajl handle wipes what it frees. No I/O, no globals. */
+ * The scanner wipes what it held when it is freed. No I/O, no globals. */
 #ifndef LLMRELAY_NODE_USAGE_H
 #define LLMRELAY_NODE_USAGE_H
 

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
+#include <yajl/yajl_parse.h>
 
 #include "node/usage.h"
 
@@ -269,12 +271,188 @@ static void test_estimate(void **state)
     assert_int_equal(u.reasoning_tokens, 0);
 }
 
+/* Escapes, surrogate pairs, a lone high surrogate, literals and numbers of every shape, cut
+ * everywhere; keys and values longer than the tokenizer keeps. */
+static void test_tokenizer_edges(void **state)
+{
+    (void)state;
+    const char *esc = "{\"choices\":[{\"message\":{\"content\":\"a\\u00e9\\ud83d\\ude00\\n\\\"\\\\\\/\\b\\f\\r\\tx"
+                      "\\u20AC\\ud800y\\u0000\",\"refusal\":null,\"x\":[true,false,null,-0,0.5,-1.25e+3,2E-2,7e1]}}],"
+                      " \"usage\" : {\"prompt_tokens\" :12 , \"completion_tokens\":\t\r\n\v\f34}}\n ";
+    usage_t w = mk(12, 0, 34, 0);
+    /* a + é(2) + 😀(4) + \n " \ / \b \f \r \t x (9) + €(3) + ? y (2) + NUL(1) */
+    check_all_ways(esc, &w, 1 + 2 + 4 + 9 + 3 + 2 + 1);
+
+    char big[4096];
+    char longkey[200];
+    memset(longkey, 'k', sizeof(longkey) - 1);
+    longkey[sizeof(longkey) - 1] = 0;
+    char longtext[1500];
+    memset(longtext, 'z', sizeof(longtext) - 1);
+    longtext[sizeof(longtext) - 1] = 0;
+    snprintf(big, sizeof(big),
+             "{\"%s\":{\"usage\":{\"prompt_tokens\":9}},\"choices\":[{\"text\":\"%s\"}],\"type\":"
+             "\"response.completed%s\",\"usage\":{\"%s\":1,\"output_tokens\":5}}",
+             longkey, longtext, longkey, longkey);
+    w = mk(0, 0, 5, 0);
+    check_all_ways(big, &w, strlen(longtext));
+    usage_chunk_t ch;
+    assert_int_equal(usage_scan_chunk((const uint8_t *)big, strlen(big), &ch), 0);
+    assert_false(ch.terminal);
+    assert_int_equal(ch.content_bytes, strlen(longtext));
+
+    /* top-level scalars are valid JSON, without usage */
+    const char *scalars[] = {"1", " true ", "\"x\"", "[]", "{}", "-0.5e+3", "null", "[1,2.0E-1,{},[]]"};
+    usage_t u;
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        assert_int_equal(scan(scalars[i], strlen(scalars[i]), 1, &u, NULL), 0);
+        assert_false(u.found);
+    }
+    /* invalid, fed whole and byte by byte */
+    char longnum[100];
+    snprintf(longnum, sizeof(longnum), "{\"usage\":{\"prompt_tokens\":1%070d}}", 0);
+    const char *bad[] = {"",        " ",           "{",           "{\"a\"}",  "{\"a\":}",  "[1,]",      "{\"a\":1,}",
+                         "01",      "-",           "1.",          "1e",       "1e+",       "tru",       "nul",
+                         "truex",   "\"\\x\"",     "\"\\u12g4\"", "\"a\nb\"", "{} {}",     "[1 2]",     "{\"a\" 1}",
+                         "{'a':1}", "/*c*/{}",     "[}",          "{]",       "{\"a\":1]", "[\"a\":1]", "{1:2}",
+                         ",",       "]",           "\"abc",       "[-]",      "[.5]",      "[+1]",      "[1.e2]",
+                         "nan",     "[\"\\u12\"]", "{\"a\":1}}",  longnum};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(scan(bad[i], strlen(bad[i]), 0, &u, NULL), -EINVAL);
+        assert_false(u.found);
+        assert_int_equal(scan(bad[i], strlen(bad[i]), 1, &u, NULL), -EINVAL);
+        assert_int_equal(usage_scan_chunk((const uint8_t *)bad[i], strlen(bad[i]), &ch), -EINVAL);
+    }
+    /* exactly USAGE_MAX_DEPTH levels are fine, one more is not */
+    static char deep[2 * USAGE_MAX_DEPTH + 8];
+    for (int extra = 0; extra < 2; extra++) {
+        size_t n = 0;
+        for (int i = 0; i < USAGE_MAX_DEPTH + extra; i++)
+            deep[n++] = '[';
+        for (int i = 0; i < USAGE_MAX_DEPTH + extra; i++)
+            deep[n++] = ']';
+        assert_int_equal(scan(deep, n, 7, &u, NULL), extra ? -EINVAL : 0);
+    }
+}
+
+/* Differential check against yajl (what the scanner replaced): mutated bodies, fed in random
+ * pieces, are valid for one exactly when valid for the other. */
+static bool yajl_valid(const uint8_t *s, size_t n)
+{
+    static const yajl_callbacks none;
+    yajl_handle h = yajl_alloc(&none, NULL, NULL);
+    assert_non_null(h);
+    yajl_config(h, yajl_dont_validate_strings, 1);
+    bool ok = yajl_parse(h, s, n) == yajl_status_ok && yajl_complete_parse(h) == yajl_status_ok;
+    yajl_free(h);
+    return ok;
+}
+
+static void test_against_yajl(void **state)
+{
+    (void)state;
+    const char *bodies[] = {chat_body, completions_body, embeddings_body, responses_body};
+    static const char alphabet[] = "{}[]:,\"\\ 0123456789-+.eEtrufalsn\nu/bx";
+    uint32_t seed = 12345;
+#define RND() (seed = seed * 1103515245u + 12345u, (seed >> 8))
+    uint8_t buf[1024];
+    for (int iter = 0; iter < 40000; iter++) {
+        const char *b = bodies[iter % 4];
+        size_t n = strlen(b);
+        memcpy(buf, b, n);
+        int edits = 1 + (int)(RND() % 3);
+        for (int e = 0; e < edits; e++) {
+            size_t at = RND() % n;
+            uint8_t c = (uint8_t)alphabet[RND() % (sizeof(alphabet) - 1)];
+            switch (RND() % 3) {
+            case 0:
+                buf[at] = c;
+                break;
+            case 1: /* insert */
+                if (n + 1 < sizeof(buf)) {
+                    memmove(buf + at + 1, buf + at, n - at);
+                    buf[at] = c;
+                    n++;
+                }
+                break;
+            default: /* delete */
+                memmove(buf + at, buf + at + 1, n - at - 1);
+                n--;
+                break;
+            }
+        }
+        bool want = yajl_valid(buf, n);
+        usage_scan_t *sc;
+        assert_int_equal(usage_scan_init(&sc), 0);
+        size_t cut = n == 0 ? 0 : RND() % n;
+        usage_scan_feed(sc, buf, cut);
+        usage_scan_feed(sc, buf + cut, n - cut);
+        usage_t u;
+        int rc = usage_scan_finish(sc, &u);
+        usage_scan_free(sc);
+        if ((rc == 0) != want)
+            fail_msg("iteration %d: scanner %d, yajl %d: %.*s", iter, rc, want, (int)n, buf);
+    }
+#undef RND
+}
+
+/* Micro-benchmark (LLMRELAY_BENCH=1 only): µs per ~700-byte chat completion body, fed whole
+ * and in 64-byte pieces. */
+static double bench_once(const char *body, size_t len, size_t step, int iters)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < iters; i++) {
+        usage_scan_t *sc;
+        assert_int_equal(usage_scan_init(&sc), 0);
+        for (size_t off = 0; off < len; off += step) {
+            size_t n = len - off < step ? len - off : step;
+            assert_int_equal(usage_scan_feed(sc, (const uint8_t *)body + off, n), 0);
+        }
+        usage_t u;
+        assert_int_equal(usage_scan_finish(sc, &u), 0);
+        assert_true(u.found);
+        usage_scan_free(sc);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / iters;
+}
+
+static void test_bench(void **state)
+{
+    (void)state;
+    const char *env = getenv("LLMRELAY_BENCH");
+    if (env == NULL || strcmp(env, "1") != 0)
+        skip();
+    char body[1024];
+    int n = snprintf(body, sizeof(body),
+                     "{\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion\","
+                     "\"created\":1741570283,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,"
+                     "\"message\":{\"role\":\"assistant\",\"content\":\"The image shows a wooden boardwalk path "
+                     "running through a lush green field or meadow. The sky is bright blue with some scattered "
+                     "clouds. \\u00e9\\n\",\"refusal\":null,"
+                     "\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{"
+                     "\"prompt_tokens\":1117,\"completion_tokens\":46,\"total_tokens\":1163,"
+                     "\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
+                     "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
+                     "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},"
+                     "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_fc9f1d7035\"}");
+    assert_true(n > 0 && (size_t)n < sizeof(body));
+    size_t len = (size_t)n;
+    int iters = 200000;
+    bench_once(body, len, len, iters / 10); /* warm up */
+    double whole = bench_once(body, len, len, iters);
+    double pieces = bench_once(body, len, 64, iters);
+    print_message("usage_scan: %zu-byte body: %.3f us whole, %.3f us in 64-byte pieces\n", len, whole, pieces);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bodies),      cmocka_unit_test(test_bodies_without_usage),
-        cmocka_unit_test(test_chat_chunks), cmocka_unit_test(test_responses_events),
-        cmocka_unit_test(test_estimate),
+        cmocka_unit_test(test_bodies),          cmocka_unit_test(test_bodies_without_usage),
+        cmocka_unit_test(test_chat_chunks),     cmocka_unit_test(test_responses_events),
+        cmocka_unit_test(test_estimate),        cmocka_unit_test(test_bench),
+        cmocka_unit_test(test_tokenizer_edges), cmocka_unit_test(test_against_yajl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
