@@ -692,6 +692,15 @@ static void send_bad_request(admin_req_t *r, const char *message)
 }
 
 /* Sends what w holds and frees it. */
+/* Starts a JSON answer; false (with a 500 sent) when there is no memory for it. */
+static bool jw_start(admin_req_t *r, jw_t *w)
+{
+    if (jw_init(w) == 0)
+        return true;
+    send_error(r, 500, "internal_error", "out of memory");
+    return false;
+}
+
 static void send_jw(admin_req_t *r, int status, jw_t *w)
 {
     const unsigned char *out;
@@ -1289,10 +1298,8 @@ static void handle_readyz(admin_req_t *r)
     bool has = config_store_has_snapshot(a->store);
     bool ready = has && !st.draining;
     jw_t w;
-    if (jw_init(&w) != 0) {
-        send_error(r, 500, "internal_error", "out of memory");
+    if (!jw_start(r, &w))
         return;
-    }
     jw_map_open(&w);
     jw_key(&w, "ready");
     jw_bool(&w, ready);
@@ -1366,10 +1373,8 @@ static void handle_provider_get(admin_req_t *r, const char *name)
         return;
     }
     jw_t w;
-    if (jw_init(&w) != 0) {
-        send_error(r, 500, "internal_error", "out of memory");
+    if (!jw_start(r, &w))
         return;
-    }
     gen_provider(&w, p);
     send_jw(r, 200, &w);
 }
@@ -1585,10 +1590,8 @@ static void handle_key_get(admin_req_t *r, const char *id)
         return;
     }
     jw_t w;
-    if (jw_init(&w) != 0) {
-        send_error(r, 500, "internal_error", "out of memory");
+    if (!jw_start(r, &w))
         return;
-    }
     gen_key(r->admin, &w, k);
     send_jw(r, 200, &w);
 }
@@ -1745,10 +1748,8 @@ static void handle_key_revoke(admin_req_t *r, const char *id)
             n_recs++;
     if (n_recs == 0) { /* idempotent: nothing to write */
         jw_t w;
-        if (jw_init(&w) != 0) {
-            send_error(r, 500, "internal_error", "out of memory");
+        if (!jw_start(r, &w))
             return;
-        }
         gen_key(a, &w, k);
         send_jw(r, 200, &w);
         return;
@@ -2033,10 +2034,8 @@ static void answer_prices(admin_req_t *r, Llmrelay__Price **prices, size_t n, bo
         for (size_t i = 0; i < n; i++) {
             if (prices[i]->model != NULL && strcmp(prices[i]->model, model) == 0) {
                 jw_t w;
-                if (jw_init(&w) != 0) {
-                    send_error(r, 500, "internal_error", "out of memory");
+                if (!jw_start(r, &w))
                     return;
-                }
                 gen_price(&w, prices[i]);
                 send_jw(r, 200, &w);
                 return;
@@ -2048,10 +2047,8 @@ static void answer_prices(admin_req_t *r, Llmrelay__Price **prices, size_t n, bo
     if (n > 1)
         qsort(prices, n, sizeof(*prices), cmp_price);
     jw_t w;
-    if (jw_init(&w) != 0) {
-        send_error(r, 500, "internal_error", "out of memory");
+    if (!jw_start(r, &w))
         return;
-    }
     jw_map_open(&w);
     jw_key(&w, "prices");
     jw_array_open(&w);
