@@ -696,6 +696,16 @@ static void cancel_transfer(relay_t *r, bool timeout)
     on_upstream_done(r, timeout ? -ETIMEDOUT : -ECANCELED);
 }
 
+/* Answers an error the relay decided itself (no upstream answer reached the client) and
+ * ends the relay: the record carries that status. */
+static void relay_fail(relay_t *r, int status, const char *code, const char *message)
+{
+    r->status = status;
+    r->final_sent = true;
+    send_error(r->req, r->request_id, status, code, message);
+    relay_upstream_over(r);
+}
+
 static void begin_upstream(relay_t *r);
 static void relay_admitted(relay_t *r, const quota_decision_t *d);
 static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d);
@@ -712,10 +722,7 @@ static void on_timer(uv_timer_t *t)
     if (r->waiting_quota) {
         meter_cancel_wait(&r->waiter);
         r->waiting_quota = false;
-        r->status = 503;
-        r->final_sent = true;
-        send_error(r->req, r->request_id, 503, "unavailable", "The quota service did not answer in time.");
-        relay_upstream_over(r);
+        relay_fail(r, 503, "unavailable", "The quota service did not answer in time.");
         return;
     }
     if (r->req == NULL && r->drain_deadline_ms != 0 && now >= r->drain_deadline_ms) {
@@ -904,8 +911,6 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
 static void refuse_quota(relay_t *r, const quota_decision_t *d)
 {
     bool budget = d->kind == QUOTA_BUDGET_EXHAUSTED || d->reason == QUOTA_REASON_RESERVED;
-    r->status = 429;
-    r->final_sent = true;
     uint64_t retry_s = (d->retry_after_ms + 999) / 1000;
     if (d->reason == QUOTA_REASON_RESERVED && retry_s == 0)
         retry_s = 1;
@@ -925,8 +930,7 @@ static void refuse_quota(relay_t *r, const quota_decision_t *d)
                           ? "This request can never fit in the key's tokens-per-minute limit."
                       : d->reason == QUOTA_REASON_BUSY ? "Too many requests of this key are in flight."
                                                        : "Rate limit reached for tokens per minute.";
-    send_error(r->req, r->request_id, 429, budget ? "insufficient_quota" : "rate_limit_exceeded", msg);
-    relay_upstream_over(r);
+    relay_fail(r, 429, budget ? "insufficient_quota" : "rate_limit_exceeded", msg);
 }
 
 /* The admission's outcome: go on with the upstream request, or refuse. */
@@ -958,11 +962,8 @@ static void relay_admitted(relay_t *r, const quota_decision_t *d)
                         : reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body,
                                           err, sizeof(err));
     if (ret != 0) {
-        r->status = ret == -EINVAL ? 400 : 503;
-        r->final_sent = true;
-        send_error(req, r->request_id, r->status, ret == -EINVAL ? "invalid_request" : "unavailable",
+        relay_fail(r, ret == -EINVAL ? 400 : 503, ret == -EINVAL ? "invalid_request" : "unavailable",
                    ret == -EINVAL ? err : "The relay is out of memory.");
-        relay_upstream_over(r);
         return;
     }
     /* The upstream request starts on the next loop iteration: a stream the client resets
@@ -989,10 +990,7 @@ static void begin_upstream(relay_t *r)
     int ret = start_upstream(r);
     if (ret != 0) {
         log_warn("request %s: cannot start the upstream request: %s", r->request_id, strerror(-ret));
-        r->status = 503;
-        r->final_sent = true;
-        send_error(r->req, r->request_id, r->status, "unavailable", "The relay could not start the upstream request.");
-        relay_upstream_over(r);
+        relay_fail(r, 503, "unavailable", "The relay could not start the upstream request.");
         return;
     }
     r->start_ms_upstream = uv_now(&r->worker->loop);
