@@ -337,16 +337,6 @@ struct metering {
     bool dirty;
 };
 
-static const snapshot_key_t *key_by_id(const snapshot_t *s, const char *key_id)
-{
-    if (s == NULL)
-        return NULL;
-    /* Several records share an id during a rotation; they carry the same limits. */
-    for (size_t i = 0; i < s->n_key_slots; i++)
-        if (s->keys[i].id != NULL && strcmp(s->keys[i].id, key_id) == 0)
-            return &s->keys[i];
-    return NULL;
-}
 
 static void load_checkpoint(metering_t *m)
 {
@@ -402,7 +392,7 @@ void metering_set_snapshot(metering_t *m, snapshot_t *snap)
         meter_entry_t *e = m->table.slots[i];
         if (e == NULL || e->owner == NULL)
             continue;
-        const snapshot_key_t *k = key_by_id(snap, e->key_id);
+        const snapshot_key_t *k = snapshot_find_key_id(snap, e->key_id);
         if (k != NULL) {
             quota_limits_t l = limits_of(k);
             quota_owner_set_limits(e->owner, now, &l);
@@ -415,7 +405,7 @@ static meter_entry_t *owner_entry(metering_t *m, const char *key_id, uint64_t no
     meter_entry_t *e = table_get(&m->table, key_id, true);
     if (e == NULL || e->owner != NULL)
         return e;
-    const snapshot_key_t *k = key_by_id(m->snap, key_id);
+    const snapshot_key_t *k = m->snap != NULL ? snapshot_find_key_id(m->snap, key_id) : NULL;
     quota_limits_t l = {0};
     if (k != NULL)
         l = limits_of(k);

@@ -66,6 +66,14 @@ static size_t slot_of(const uint8_t hash[32], size_t mask)
     return (size_t)h & mask;
 }
 
+static size_t id_slot(const char *id, size_t mask)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *id != '\0'; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ULL;
+    return (size_t)h & mask;
+}
+
 typedef struct pair {
     const char *name;
     const snapshot_route_t *route;
@@ -133,7 +141,7 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
     size_t n_slots = 16;
     while (n_slots < 2 * src->n_keys + 2)
         n_slots <<= 1;
-    bytes += n_slots * sizeof(snapshot_key_t) + 16;
+    bytes += n_slots * (sizeof(snapshot_key_t) + sizeof(snapshot_key_t *)) + 32;
     for (size_t i = 0; i < src->n_keys; i++) {
         const Llmrelay__ApiKey *k = src->keys[i];
         bytes += strlen(k->id) + strlen(k->name) + 48 + k->n_models * sizeof(char *);
@@ -187,6 +195,19 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
             models[j] = arena_str(&a, k->models[j]);
         dst->models = models;
         dst->n_models = k->n_models;
+    }
+
+    /* Index by key id (the quota owners are keyed by id). */
+    s->id_index = arena_alloc(&a, n_slots * sizeof(snapshot_key_t *));
+    for (size_t i = 0; i < n_slots; i++) {
+        const snapshot_key_t *k = &s->keys[i];
+        if (k->id == NULL)
+            continue;
+        size_t slot = id_slot(k->id, n_slots - 1);
+        while (s->id_index[slot] != NULL && strcmp(s->id_index[slot]->id, k->id) != 0)
+            slot = (slot + 1) & (n_slots - 1);
+        if (s->id_index[slot] == NULL)
+            s->id_index[slot] = k;
     }
 
     /* Models: collect (name, route) pairs, then group by name. */
@@ -286,6 +307,16 @@ const snapshot_key_t *snapshot_find_key(const snapshot_t *s, const uint8_t hash[
         if (k->id == NULL)
             return NULL;
         if (memcmp(k->hash, hash, 32) == 0)
+            return k;
+    }
+}
+
+const snapshot_key_t *snapshot_find_key_id(const snapshot_t *s, const char *id)
+{
+    size_t mask = s->n_key_slots - 1;
+    for (size_t slot = id_slot(id, mask);; slot = (slot + 1) & mask) {
+        const snapshot_key_t *k = s->id_index[slot];
+        if (k == NULL || strcmp(k->id, id) == 0)
             return k;
     }
 }

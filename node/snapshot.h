@@ -60,6 +60,7 @@ typedef struct snapshot {
     int64_t revision;
     snapshot_key_t *keys; /* open-addressing table, n_key_slots (power of two) entries; id NULL = empty */
     size_t n_key_slots, n_keys;
+    const snapshot_key_t **id_index; /* by key id: n_key_slots entries (open addressing), NULL = empty */
     snapshot_model_t *models; /* sorted by name */
     size_t n_models;
     snapshot_price_t *prices; /* sorted by model */
@@ -78,6 +79,8 @@ void snapshot_retain(snapshot_t *s);
 void snapshot_release(snapshot_t *s);
 
 const snapshot_key_t *snapshot_find_key(const snapshot_t *s, const uint8_t hash[32]);
+/* A record of key id (several share an id during a rotation; they carry the same limits). */
+const snapshot_key_t *snapshot_find_key_id(const snapshot_t *s, const char *id);
 const snapshot_model_t *snapshot_find_model(const snapshot_t *s, const char *name, size_t len);
 bool snapshot_key_allows(const snapshot_key_t *k, const char *model);
 /* The price of a model, or NULL when none is set (then requests cost 0 USD). */

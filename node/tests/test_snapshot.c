@@ -130,6 +130,12 @@ static void test_keys(void **state)
     char hex[65];
     hex_of("sk-unknown", hex, raw);
     assert_null(snapshot_find_key(s, raw));
+    for (int i = 0; i < 300; i++) {
+        const snapshot_key_t *k = snapshot_find_key_id(s, fx.ids[i]);
+        assert_non_null(k);
+        assert_string_equal(k->id, fx.ids[i]);
+    }
+    assert_null(snapshot_find_key_id(s, "key_missing"));
     snapshot_release(s);
 }
 
@@ -181,6 +187,7 @@ static void test_refcount_and_empty(void **state)
     uint8_t raw[32] = {0};
     assert_null(snapshot_find_key(s, raw));
     assert_null(snapshot_find_model(s, "x", 1));
+    assert_null(snapshot_find_key_id(s, "key_0"));
     snapshot_retain(s);
     snapshot_release(s);
     assert_int_equal(atomic_load(&s->refs), 1);
