@@ -3,7 +3,7 @@ add_library(llmrelay_core STATIC ${CORE_SOURCES})
 target_link_libraries(llmrelay_core PUBLIC ${LLMRELAY_DEPS})
 
 if(EXISTS ${CMAKE_SOURCE_DIR}/node/main.c)
-  add_executable(llmrelay node/main.c)
+  add_executable(llmrelay node/main.c ${LLMRELAY_EXE_SOURCES})
   target_link_libraries(llmrelay PRIVATE llmrelay_core)
 endif()
 

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +29,7 @@
 #include "node/log.h"
 #include "node/metering.h"
 #include "node/metrics.h"
+#include "node/privacy.h"
 #include "node/records.h"
 #include "node/server.h"
 #include "node/snapshot.h"
@@ -283,8 +283,14 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(n->cfg.log_level);
-    /* No core dump may hold content; /proc/PID/mem becomes root-only. */
-    prctl(PR_SET_DUMPABLE, 0);
+    /* No core dump may hold content; /proc/PID/mem becomes root-only; no buffer spills to
+     * /tmp; freed memory and h2o's recycled blocks are wiped (privacy.c, wipefree.c). A
+     * build where the wiping is not in force does not serve. */
+    if ((ret = privacy_process_init()) != 0) {
+        log_error("privacy: freed memory or h2o's recycled blocks would keep content (%s); not starting",
+                  strerror(-ret));
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 

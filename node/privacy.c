@@ -1,11 +1,8 @@
 /* privacy.c — what the node does so that memory freed by anyone, and memory that glibc or
  * h2o recycle, carries no request or response content once a request is over.
  *
- * glibc 2.36: mallopt(M_PERTURB, b) makes free() fill a chunk with b, except for chunks
- * parked in the per-thread tcache (measured: a freed 500-byte chunk kept 484 canary bytes).
- * The tcache can only be turned off by GLIBC_TUNABLES at process start, so privacy_reexec
- * adds the tunable and re-executes the binary once; a marker variable stops a loop when
- * the tunable does not take (secure-execution mode drops GLIBC_TUNABLES).
+ * glibc 2.36 keeps the bytes of freed chunks; node/wipefree.c replaces free for the whole
+ * process (privacy_wipefree_check says whether that is in force).
  *
  * h2o 2.2.5 keeps freed blocks on thread-local lists for reuse, unwiped: request-pool
  * chunks (4 KiB: decoded headers, Authorization included), socket buffers, and the HTTP/2
@@ -15,10 +12,11 @@
  * function, so the executable's definition replaces the library's for all of libh2o, and
  * ours wipes each block before keeping it. privacy_recycle_check proves at start-up that
  * the replacement is in force (a static link or a -Bsymbolic libh2o would bypass it).
- * The socket-buffer list is also turned off per thread (allocator.max = 0): those buffers
- * are freed, and glibc's perturb wipes them. */
+ * An HTTP/2 write buffer is wiped as far as it was written; every other block whole
+ * (recycled_dirty_bytes). */
 #include "node/privacy.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <h2o/socket.h>
 #include <malloc.h>
@@ -39,80 +37,22 @@
 #endif
 #endif
 
-#define TCACHE_KEY "glibc.malloc.tcache_count="
-#define TUNABLES_MAX 4096
+/* ---- glibc: the wiping free ------------------------------------------------------------- */
 
-/* ---- glibc: tcache off, perturb on ------------------------------------------------------ */
+#ifndef PRIVACY_ASAN
+/* Defined by node/wipefree.c when it is linked in: the wiping free itself. */
+extern void (*const llmrelay_wipefree)(void *) __attribute__((weak));
+#endif
 
-/* Is [s, s + n) the entry "key=..." for key (with the '=')? */
-static bool entry_is(const char *s, size_t n, const char *key)
+int privacy_wipefree_check(void)
 {
-    size_t k = strlen(key);
-    return n >= k && memcmp(s, key, k) == 0;
-}
-
-int privacy_tunables_value(const char *current, char *out, size_t outlen)
-{
-    const char *cur = current != NULL ? current : "";
-    bool has = false;
-    size_t len = 0;
-    for (const char *p = cur; *p != '\0';) {
-        size_t n = strcspn(p, ":");
-        if (entry_is(p, n, TCACHE_KEY)) {
-            /* the last tcache_count entry is the one glibc applies */
-            has = n == strlen(PRIVACY_TUNABLE) && memcmp(p, PRIVACY_TUNABLE, n) == 0;
-        } else if (n > 0) {
-            if (len + n + 1 >= outlen)
-                return -E2BIG;
-            if (len > 0)
-                out[len++] = ':';
-            memcpy(out + len, p, n);
-            len += n;
-        }
-        p += n;
-        if (*p == ':')
-            p++;
-    }
-    if (has) {
-        size_t n = strlen(cur);
-        if (n + 1 > outlen)
-            return -E2BIG;
-        memcpy(out, cur, n + 1);
-        return 0;
-    }
-    size_t t = strlen(PRIVACY_TUNABLE);
-    if (len + 1 + t + 1 > outlen)
-        return -E2BIG;
-    if (len > 0)
-        out[len++] = ':';
-    memcpy(out + len, PRIVACY_TUNABLE, t + 1);
-    return 1;
-}
-
-int privacy_reexec(int argc, char **argv)
-{
-    (void)argc;
 #ifdef PRIVACY_ASAN
-    (void)argv;
     return 0;
 #else
-    static char value[TUNABLES_MAX];
-    int ret = privacy_tunables_value(getenv("GLIBC_TUNABLES"), value, sizeof(value));
-    bool reexecuted = getenv(PRIVACY_REEXEC_MARKER) != NULL;
-    unsetenv(PRIVACY_REEXEC_MARKER);
-    int result = 0;
-    if (ret == 1 && !reexecuted) {
-        if (setenv("GLIBC_TUNABLES", value, 1) != 0 || setenv(PRIVACY_REEXEC_MARKER, "1", 1) != 0)
-            return -errno;
-        execv("/proc/self/exe", argv);
-        result = -errno; /* still here: the exec failed, go on as we are */
-        unsetenv(PRIVACY_REEXEC_MARKER);
-    } else if (ret != 0) {
-        result = ret == 1 ? -ENOTSUP : ret; /* re-executed and still no tunable, or too long */
-    }
-    if (mallopt(M_PERTURB, PRIVACY_PERTURB_BYTE) != 1 && result == 0)
-        result = -ENOTSUP;
-    return result;
+    if (&llmrelay_wipefree == NULL)
+        return -ENOTSUP;
+    void *found = dlsym(RTLD_DEFAULT, "free");
+    return found != NULL && found == (void *)llmrelay_wipefree ? 0 : -ENOTSUP;
 #endif
 }
 
@@ -120,7 +60,10 @@ int privacy_reexec(int argc, char **argv)
 
 int privacy_process_init(void)
 {
-    int ret = privacy_recycle_check();
+    int ret = privacy_wipefree_check();
+    int r2 = privacy_recycle_check();
+    if (ret == 0)
+        ret = r2;
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 && ret == 0)
         ret = -errno;
     struct rlimit none = {0, 0};
@@ -130,14 +73,33 @@ int privacy_process_init(void)
     return ret;
 }
 
-void privacy_thread_init(void)
-{
-    h2o_socket_buffer_prototype.allocator.max = 0;
-}
-
 /* ---- h2o's recycled chunks and buffers ---------------------------------------------------- */
 
 static __thread unsigned long recycled_wiped;
+
+/* How many bytes at the start of a block h2o recycles may hold content. A block of an
+ * h2o_buffer_t that only ever grew by appending — the HTTP/2 write buffers, 80 KiB each,
+ * recycled after every write to a client — holds content only in its header and its first
+ * `size` bytes: h2o 2.2.5 writes into a buffer by h2o_buffer_reserve + writing + size += n
+ * and nothing else, and bytes moves away from _buf only when a reader consumes part of the
+ * buffer (which also may leave old bytes past the end after a later memmove). Every other
+ * block — socket buffers (consumed in parts), pool chunks — is wiped whole. A block came
+ * wiped (from this function or the wiping free) or fresh from the kernel, so what lies past
+ * the written end is zero.
+ * The block is taken for an h2o_buffer_t only when its header says so in every field: its
+ * prototype is the one whose allocator recycles it, its capacity is the prototype's, and
+ * bytes is _buf with size within the capacity. */
+static size_t recycled_dirty_bytes(h2o_mem_recycle_t *allocator, void *p)
+{
+    size_t usable = malloc_usable_size(p);
+    const h2o_buffer_t *b = p;
+    const h2o_buffer_prototype_t *proto = (const h2o_buffer_prototype_t *)allocator;
+    if (usable < offsetof(h2o_buffer_t, _buf) || allocator == &h2o_socket_buffer_prototype.allocator ||
+        b->_prototype != proto || b->capacity != proto->_initial_buf.capacity || b->bytes != b->_buf ||
+        b->size > b->capacity || offsetof(h2o_buffer_t, _buf) + b->capacity > usable)
+        return usable;
+    return offsetof(h2o_buffer_t, _buf) + b->size;
+}
 
 /* Replaces libh2o's own h2o_mem_free_recycle for every caller in the process: libh2o calls
  * it through its PLT, and the executable's definition comes first in symbol lookup. Same
@@ -146,12 +108,12 @@ static __thread unsigned long recycled_wiped;
  * chunks, socket buffers and HTTP/2 write buffers then carry nothing. */
 void h2o_mem_free_recycle(h2o_mem_recycle_t *allocator, void *p)
 {
-    explicit_bzero(p, malloc_usable_size(p));
     recycled_wiped++;
     if (allocator->cnt == allocator->max) {
-        free(p);
+        free(p); /* the wiping free clears it */
         return;
     }
+    explicit_bzero(p, recycled_dirty_bytes(allocator, p));
     *(void **)p = allocator->_link;
     allocator->_link = p;
     allocator->cnt++;

@@ -236,11 +236,24 @@ static void add_header(h2o_req_t *req, const char *name, const char *value, size
 }
 
 /* "1.5s", "12ms": the reset times of OpenAI's x-ratelimit-reset-* headers. */
-static size_t format_reset(char *buf, size_t cap, uint64_t ms)
+/* "250ms" below a second, else "1.250s" (OpenAI's reset durations); no printf on the
+ * request path. buf holds at least 32 bytes. */
+static size_t format_reset(char buf[32], uint64_t ms)
 {
-    if (ms < 1000)
-        return (size_t)snprintf(buf, cap, "%llums", (unsigned long long)ms);
-    return (size_t)snprintf(buf, cap, "%llu.%03llus", (unsigned long long)(ms / 1000), (unsigned long long)(ms % 1000));
+    if (ms < 1000) {
+        size_t n = util_u64_dec(ms, buf);
+        memcpy(buf + n, "ms", 3);
+        return n + 2;
+    }
+    size_t n = util_u64_dec(ms / 1000, buf);
+    unsigned frac = (unsigned)(ms % 1000);
+    buf[n++] = '.';
+    buf[n++] = (char)('0' + frac / 100);
+    buf[n++] = (char)('0' + frac / 10 % 10);
+    buf[n++] = (char)('0' + frac % 10);
+    buf[n++] = 's';
+    buf[n] = '\0';
+    return n;
 }
 
 /* OpenAI's x-ratelimit-* headers with the key's live values; -1 where the key has no such
@@ -251,9 +264,9 @@ static void add_count_header(h2o_req_t *req, const char *name, int64_t value)
         add_header(req, name, "-1", 2); /* no such limit: a constant, no formatting */
         return;
     }
-    char v[24];
-    size_t n = (size_t)snprintf(v, sizeof(v), "%lld", (long long)value);
-    add_header(req, name, h2o_strdup(&req->pool, v, n).base, n);
+    char *v = h2o_mem_alloc_pool(&req->pool, 21);
+    size_t n = util_u64_dec((uint64_t)value, v);
+    add_header(req, name, v, n);
 }
 
 static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
@@ -268,11 +281,11 @@ static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
     char v[32];
     size_t n;
     if (has_req) {
-        n = format_reset(v, sizeof(v), d->reset_requests_ms);
+        n = format_reset(v, d->reset_requests_ms);
         add_header(req, "x-ratelimit-reset-requests", h2o_strdup(&req->pool, v, n).base, n);
     }
     if (has_tok) {
-        n = format_reset(v, sizeof(v), d->reset_tokens_ms);
+        n = format_reset(v, d->reset_tokens_ms);
         add_header(req, "x-ratelimit-reset-tokens", h2o_strdup(&req->pool, v, n).base, n);
     }
 }

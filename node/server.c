@@ -116,8 +116,12 @@ static SSL_CTX *tls_context_new(const llmrelay_config_t *cfg, char *err, size_t 
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, cfg->tls_min_version);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* CLEANSE_PLAINTEXT: a decrypted record is wiped from OpenSSL's read buffer once h2o
+     * has read it; the write buffer holds only ciphertext (records are encrypted in
+     * place). SSL_MODE_RELEASE_BUFFERS is not set: it freed (and so wiped) 16 KiB of
+     * ciphertext buffer after every write, about 0.4 us per request for nothing. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_CLEANSE_PLAINTEXT);
     if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
         if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
             snprintf(err, errlen, "cannot load --tls-cert %s", cfg->tls_cert);
@@ -514,17 +518,21 @@ static CURLcode on_curl_ssl_ctx(CURL *curl, void *ssl_ctx, void *data)
 {
     server_t *s = data;
     (void)curl;
-    X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
-    for (int i = 0; i < sk_X509_num(s->upstream_cas); i++)
-        X509_STORE_add_cert(store, sk_X509_value(s->upstream_cas, i)); /* a duplicate is harmless */
-    ERR_clear_error();
+    /* Decrypted records are wiped once read, and idle connections hold no record buffers:
+     * a kept-alive upstream connection keeps no response bytes. */
+    SSL_CTX_set_options(ssl_ctx, SSL_OP_CLEANSE_PLAINTEXT);
+    SSL_CTX_set_mode(ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (s->upstream_cas != NULL) {
+        X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
+        for (int i = 0; i < sk_X509_num(s->upstream_cas); i++)
+            X509_STORE_add_cert(store, sk_X509_value(s->upstream_cas, i)); /* a duplicate is harmless */
+        ERR_clear_error();
+    }
     return CURLE_OK;
 }
 
 void server_curl_tls_setup(server_t *s, CURL *easy)
 {
-    if (s->upstream_cas == NULL)
-        return;
     curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, on_curl_ssl_ctx);
     curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, s);
 }

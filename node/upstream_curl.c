@@ -1,6 +1,7 @@
 /* upstream_curl.c — the libcurl backend of upstream.h: one easy handle per request on the
- * worker's curl multi (curl_uv), so connections are kept alive per worker and HTTP/2 is
- * used where the upstream offers it over TLS.
+ * worker's curl multi (curl_uv), so connections are kept alive per worker. HTTP/1.1 only,
+ * also over TLS: a kept-alive HTTP/2 connection keeps the last frames (content) in
+ * nghttp2's and curl's connection buffers (docs/design-notes.md, "HTTP/1.1 to upstreams").
  *
  * Backpressure uses curl's pause: before handing a piece of body to the relay the write
  * callback asks `writable`; when the answer is no it returns CURL_WRITEFUNC_PAUSE without
@@ -177,12 +178,14 @@ int upstream_curl_start(worker_t *w, const upstream_request_t *req, const upstre
     curl_easy_setopt(e, CURLOPT_PREREQDATA, u);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->upstream_connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    /* Waiting for a multiplexed connection only makes sense where HTTP/2 may be offered
-     * (TLS); on cleartext HTTP/1.1 a transfer would wait behind a stream whose client
+    /* HTTP/1.1, not HTTP/2: on a kept-alive HTTP/2 connection nghttp2's frame buffer and
+     * curl's connection input buffer keep the last request body and the last response
+     * bytes until the connection is used again or closed (the canary test finds them); an
+     * HTTP/1.1 transfer's buffers belong to the easy handle, freed (and wiped by the wiping
+     * free, node/wipefree.c) when it is cleaned up. */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    /* No CURLOPT_PIPEWAIT: on HTTP/1.1 a transfer would wait behind one whose client
      * paused it. */
-    if (strncmp(req->url, "https://", 8) == 0)
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

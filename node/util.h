@@ -26,6 +26,8 @@ int util_parse_hostport(const char *s, struct sockaddr_storage *out, socklen_t *
 /* SHA-256 of data; out gets 64 lowercase hex digits + NUL. */
 void util_sha256_hex(const void *data, size_t len, char out[65]);
 void util_sha256(const void *data, size_t len, uint8_t out[32]);
+/* Writes v in decimal, NUL-terminated, into out; returns its length (1..20). */
+size_t util_u64_dec(uint64_t v, char out[21]);
 
 /* Cryptographically secure random bytes (OpenSSL RAND_bytes). Returns 0 or -EIO. */
 int util_random_bytes(void *buf, size_t len);

@@ -1,7 +1,7 @@
-/* test_privacy.c — unit tests of node/privacy: the GLIBC_TUNABLES value, the measured effect
- * of the tcache tunable + M_PERTURB on a freed chunk (in child processes, because the
- * tunable only works at process start), the process and thread settings, and that blocks h2o
- * recycles (pool chunks, buffers) come back wiped.
+/* test_privacy.c — unit tests of node/privacy and node/wipefree: what a freed chunk keeps
+ * under glibc's own free and under the wiping free (called directly and by a library),
+ * realloc's moves, the process and thread settings, and that blocks h2o recycles (pool
+ * chunks, buffers) come back wiped.
  *
  * The freed-chunk measurement reads memory after free(): it runs only in the glibc build
  * (skipped under AddressSanitizer, whose allocator is another one and reports the read). */
@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <h2o/socket.h>
 #include <malloc.h>
@@ -32,141 +33,129 @@
 #endif
 #endif
 
-#define CHILD_FLAG "--perturb-child"
 #define CHUNK_BYTES 500
 #define LINK_BYTES (4 * sizeof(void *))
 
 static const char canary[] = "PRIVACY-CANARY-7f3a9c";
 
-/* ---- GLIBC_TUNABLES value ---------------------------------------------------------------- */
+/* ---- freed chunks ----------------------------------------------------------------------- */
 
-static void test_tunables_value(void **state)
-{
-    (void)state;
-    char out[256];
-    assert_int_equal(privacy_tunables_value(NULL, out, sizeof(out)), 1);
-    assert_string_equal(out, PRIVACY_TUNABLE);
-    assert_int_equal(privacy_tunables_value("", out, sizeof(out)), 1);
-    assert_string_equal(out, PRIVACY_TUNABLE);
-    assert_int_equal(privacy_tunables_value("glibc.malloc.arena_max=2", out, sizeof(out)), 1);
-    assert_string_equal(out, "glibc.malloc.arena_max=2:" PRIVACY_TUNABLE);
-    /* another tcache_count is replaced, the rest kept in order */
-    assert_int_equal(privacy_tunables_value("glibc.malloc.tcache_count=7:glibc.malloc.arena_max=2", out, sizeof(out)),
-                     1);
-    assert_string_equal(out, "glibc.malloc.arena_max=2:" PRIVACY_TUNABLE);
-    /* present: unchanged */
-    assert_int_equal(privacy_tunables_value("glibc.malloc.arena_max=2:" PRIVACY_TUNABLE, out, sizeof(out)), 0);
-    assert_string_equal(out, "glibc.malloc.arena_max=2:" PRIVACY_TUNABLE);
-    /* the last entry is the one glibc applies */
-    assert_int_equal(privacy_tunables_value(PRIVACY_TUNABLE ":glibc.malloc.tcache_count=3", out, sizeof(out)), 1);
-    assert_string_equal(out, PRIVACY_TUNABLE);
-    /* tcache_count=00 is not the exact entry: replaced */
-    assert_int_equal(privacy_tunables_value("glibc.malloc.tcache_count=00", out, sizeof(out)), 1);
-    assert_string_equal(out, PRIVACY_TUNABLE);
-    /* empty entries are dropped */
-    assert_int_equal(privacy_tunables_value("::a=1::", out, sizeof(out)), 1);
-    assert_string_equal(out, "a=1:" PRIVACY_TUNABLE);
-    /* bounded */
-    assert_int_equal(privacy_tunables_value("glibc.malloc.arena_max=2", out, 30), -E2BIG);
-    assert_int_equal(privacy_tunables_value(NULL, out, strlen(PRIVACY_TUNABLE)), -E2BIG);
-}
-
-/* ---- freed chunks, measured in child processes --------------------------------------------- */
-
-/* Child mode: frees a CHUNK_BYTES chunk full of a pattern and prints "<ret> <survivors>":
- * how many bytes of the freed chunk still hold the pattern. mode "privacy" calls
- * privacy_reexec first (which re-executes this binary once with the tunable), "perturb"
- * only sets M_PERTURB (tcache on), "plain" nothing. */
-static int child_main(const char *mode, int argc, char **argv)
-{
-    int ret = 0;
-    if (strcmp(mode, "privacy") == 0)
-        ret = privacy_reexec(argc, argv);
-    else if (strcmp(mode, "perturb") == 0)
-        ret = mallopt(M_PERTURB, PRIVACY_PERTURB_BYTE) == 1 ? 0 : -ENOTSUP;
-    unsigned char *p = malloc(CHUNK_BYTES);
-    void *guard = malloc(64); /* keeps p from merging into the top chunk */
-    if (p == NULL || guard == NULL)
-        return 1;
-    for (size_t i = 0; i < CHUNK_BYTES; i++)
-        p[i] = (unsigned char)canary[i % (sizeof(canary) - 1)];
-    volatile uintptr_t addr = (uintptr_t)p; /* hides the read after free from the compiler */
-    free(p);
-    const volatile unsigned char *q = (const volatile unsigned char *)addr;
-    /* The first LINK_BYTES of a freed chunk hold the allocator's free-list links (heap
-     * addresses), written over the content; their bytes match a pattern byte by chance now
-     * and then ('a' is 0x61, a heap address byte can be too), so they are not counted. */
-    size_t survivors = 0;
-    for (size_t i = LINK_BYTES; i < CHUNK_BYTES; i++)
-        survivors += q[i] == (unsigned char)canary[i % (sizeof(canary) - 1)];
-    const char *tunables = getenv("GLIBC_TUNABLES");
-    printf("%d %zu %s\n", ret, survivors, tunables != NULL ? tunables : "-");
-    free(guard);
-    return 0;
-}
+extern void __libc_free(void *p);
 
 #ifndef TEST_ASAN
-/* Runs this binary in child mode; returns survivors, sets *ret and copies the tunables. */
-static long run_child(const char *mode, int *ret, char *tunables, size_t tlen)
+/* Fills n bytes at p with the canary pattern. */
+static void fill(unsigned char *p, size_t n)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        unsetenv("GLIBC_TUNABLES");
-        unsetenv(PRIVACY_REEXEC_MARKER);
-        char *args[] = {"test_privacy", CHILD_FLAG, (char *)mode, NULL};
-        execv("/proc/self/exe", args);
-        _exit(127);
-    }
-    close(fds[1]);
-    char buf[512];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof(buf) - 1 && (r = read(fds[0], buf + n, sizeof(buf) - 1 - n)) > 0)
-        n += (size_t)r;
-    buf[n] = '\0';
-    close(fds[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    long survivors = -1;
-    char t[256] = "";
-    assert_int_equal(sscanf(buf, "%d %ld %255s", ret, &survivors, t), 3);
-    snprintf(tunables, tlen, "%s", t);
-    return survivors;
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)canary[i % (sizeof(canary) - 1)];
 }
 
+/* How many bytes of the freed block at addr (n bytes) still hold the pattern. The first
+ * LINK_BYTES of a freed chunk hold the allocator's free-list links (heap addresses),
+ * written over the content; their bytes match a pattern byte by chance now and then ('a'
+ * is 0x61, a heap address byte can be too), so they are not counted. The address comes as
+ * an integer: it hides the read after free from the compiler. No allocation may happen
+ * between the free and this call (it would take the chunk back). */
+static size_t survivors(uintptr_t addr, size_t n)
+{
+    const volatile unsigned char *q = (const volatile unsigned char *)addr;
+    size_t count = 0;
+    for (size_t i = LINK_BYTES; i < n; i++)
+        count += q[i] == (unsigned char)canary[i % (sizeof(canary) - 1)];
+    return count;
+}
 #endif
 
 static void test_freed_chunk_wiped(void **state)
 {
     (void)state;
 #ifdef TEST_ASAN
+    skip(); /* the sanitizer's allocator is in charge and reports reads after free */
+#else
+    assert_int_equal(privacy_wipefree_check(), 0);
+    /* glibc's own free (the tcache keeps the chunk): the content stays */
+    unsigned char *p = malloc(CHUNK_BYTES);
+    assert_non_null(p);
+    fill(p, CHUNK_BYTES);
+    volatile uintptr_t addr = (uintptr_t)p;
+    __libc_free(p);
+    size_t plain = survivors(addr, CHUNK_BYTES);
+    print_message("glibc's free: %zu of %zu canary bytes past the links survive\n", plain,
+                  (size_t)(CHUNK_BYTES - LINK_BYTES));
+    assert_true(plain >= CHUNK_BYTES - 32 - LINK_BYTES);
+    /* the wiping free: nothing */
+    p = malloc(CHUNK_BYTES);
+    assert_non_null(p);
+    fill(p, CHUNK_BYTES);
+    addr = (uintptr_t)p;
+    free(p);
+    size_t wiped = survivors(addr, CHUNK_BYTES);
+    print_message("wiping free: %zu survive\n", wiped);
+    assert_int_equal(wiped, 0);
+    /* a library's free (libcurl calls free through its PLT): nothing either */
+    p = malloc(CHUNK_BYTES);
+    assert_non_null(p);
+    fill(p, CHUNK_BYTES);
+    addr = (uintptr_t)p;
+    curl_free(p);
+    assert_int_equal(survivors(addr, CHUNK_BYTES), 0);
+    /* a large (mmapped) chunk goes back to the kernel: its address is no longer mapped,
+     * so it is not read; it must still be freed without trouble */
+    p = malloc(1 << 20);
+    assert_non_null(p);
+    fill(p, 1 << 20);
+    free(p);
+#endif
+}
+
+static void test_realloc_wipes_what_it_leaves(void **state)
+{
+    (void)state;
+#ifdef TEST_ASAN
     skip();
 #else
-    int ret;
-    char tunables[256];
-    /* glibc as it is: the tcache keeps all but its 16 link bytes of the chunk */
-    long plain = run_child("plain", &ret, tunables, sizeof(tunables));
-    print_message("plain: %ld of %d canary bytes past the links survive free()\n", plain,
-                  (int)(CHUNK_BYTES - LINK_BYTES));
-    assert_true(plain >= CHUNK_BYTES - 32 - (long)LINK_BYTES);
-    /* M_PERTURB alone does not reach the tcache */
-    long perturb = run_child("perturb", &ret, tunables, sizeof(tunables));
-    print_message("M_PERTURB only: %ld survive\n", perturb);
-    assert_int_equal(ret, 0);
-    assert_true(perturb >= CHUNK_BYTES - 32 - (long)LINK_BYTES);
-    /* privacy_reexec: re-executed with the tunable, perturb on: nothing survives */
-    long wiped = run_child("privacy", &ret, tunables, sizeof(tunables));
-    print_message("privacy_reexec: %ld survive (GLIBC_TUNABLES=%s)\n", wiped, tunables);
-    assert_int_equal(ret, 0);
-    assert_string_equal(tunables, PRIVACY_TUNABLE);
-    assert_int_equal(wiped, 0);
+    /* growing past the block moves it: the old block is wiped */
+    unsigned char *p = malloc(CHUNK_BYTES);
+    assert_non_null(p);
+    fill(p, CHUNK_BYTES);
+    volatile uintptr_t addr = (uintptr_t)p;
+    unsigned char *q = realloc(p, 64 * 1024);
+    assert_non_null(q);
+    assert_true((uintptr_t)q != addr);
+    /* the content moved with it */
+    assert_memory_equal(q, canary, sizeof(canary) - 1);
+    size_t left = survivors(addr, CHUNK_BYTES);
+    assert_int_equal(left, 0);
+    /* shrinking a block by less than half keeps it in place */
+    unsigned char *r = realloc(q, 40 * 1024);
+    assert_ptr_equal(r, q);
+    assert_memory_equal(r, canary, sizeof(canary) - 1);
+    /* shrinking a large block to less than half moves it, and wipes the old one */
+    r = realloc(r, 64 * 1024);
+    assert_non_null(r);
+    fill(r, 64 * 1024);
+    addr = (uintptr_t)r;
+    unsigned char *s = realloc(r, 1000);
+    assert_non_null(s);
+    assert_true((uintptr_t)s != addr);
+    assert_memory_equal(s, canary, sizeof(canary) - 1);
+    assert_int_equal(survivors(addr, 64 * 1024), 0);
+    /* reallocarray: overflow refused, the block untouched; otherwise as realloc */
+    errno = 0;
+    volatile size_t huge = SIZE_MAX / 2; /* hidden from the compiler's size checks */
+    volatile uintptr_t kept = (uintptr_t)s; /* refused: s is still the block */
+    void *refused = reallocarray(s, huge, 4);
+    assert_null(refused);
+    assert_int_equal(errno, ENOMEM);
+    assert_memory_equal((void *)kept, canary, sizeof(canary) - 1);
+    s = reallocarray((void *)kept, 1000, 2);
+    assert_non_null(s);
+    assert_memory_equal(s, canary, sizeof(canary) - 1);
+    /* realloc(p, 0) frees; realloc(NULL, n) allocates */
+    assert_null(realloc(s, 0));
+    s = realloc(NULL, 10);
+    assert_non_null(s);
+    free(s);
 #endif
 }
 
@@ -182,21 +171,6 @@ static void test_process_init(void **state)
     assert_int_equal(rl.rlim_cur, 0);
     assert_int_equal(rl.rlim_max, 0);
     assert_true(h2o_socket_buffer_mmap_settings.threshold == SIZE_MAX);
-}
-
-static void test_thread_init_buffers_not_recycled(void **state)
-{
-    (void)state;
-    privacy_thread_init();
-    assert_int_equal(h2o_socket_buffer_prototype.allocator.max, 0);
-    h2o_buffer_t *b;
-    h2o_buffer_init(&b, &h2o_socket_buffer_prototype);
-    h2o_iovec_t room = h2o_buffer_reserve(&b, 100);
-    assert_non_null(room.base);
-    memcpy(room.base, canary, sizeof(canary));
-    b->size += sizeof(canary);
-    h2o_buffer_dispose(&b);
-    assert_int_equal(h2o_socket_buffer_prototype.allocator.cnt, 0); /* freed, not kept */
 }
 
 /* ---- h2o's recycled blocks ------------------------------------------------------------------ */
@@ -270,15 +244,68 @@ static void test_buffers_wiped_when_recycled(void **state)
         free(h2o_mem_alloc_recycle(&proto.allocator, 0));
 }
 
-int main(int argc, char **argv)
+static void test_socket_buffers_wiped_when_recycled(void **state)
 {
-    if (argc >= 3 && strcmp(argv[1], CHILD_FLAG) == 0)
-        return child_main(argv[2], argc, argv);
+    (void)state;
+    /* a socket buffer read in parts: content, part consumed, more appended (h2o moves the
+     * rest to the front when room is short), then all consumed: back on the list, wiped */
+    h2o_buffer_t *b;
+    h2o_buffer_init(&b, &h2o_socket_buffer_prototype);
+    size_t kept_before = h2o_socket_buffer_prototype.allocator.cnt;
+    h2o_iovec_t room = h2o_buffer_reserve(&b, 100);
+    for (size_t off = 0; off + sizeof(canary) <= room.len && off < 6000; off += sizeof(canary))
+        memcpy(room.base + off, canary, sizeof(canary));
+    b->size += 6000;
+    h2o_buffer_consume(&b, 5000);
+    room = h2o_buffer_reserve(&b, 2500); /* moves the last 1000 bytes to the front */
+    assert_ptr_equal(b->bytes, b->_buf);
+    memcpy(room.base, canary, sizeof(canary));
+    b->size += sizeof(canary);
+    h2o_buffer_t *block = b;
+    h2o_buffer_consume(&b, b->size);
+    assert_int_equal(h2o_socket_buffer_prototype.allocator.cnt, kept_before + 1);
+    assert_ptr_equal(h2o_socket_buffer_prototype.allocator._link, block);
+    size_t usable = malloc_usable_size(block);
+    /* past the list link, nothing: the whole block was wiped */
+    const char *raw = (const char *)block;
+    for (size_t i = sizeof(void *); i < usable; i++)
+        if (raw[i] != 0)
+            fail_msg("byte %zu of a recycled socket buffer is not wiped", i);
+}
+
+static void test_consumed_buffer_wiped_whole(void **state)
+{
+    (void)state;
+    /* a recycling prototype (like h2o's HTTP/2 write buffers): a buffer that was consumed in
+     * part is wiped whole, even bytes written past what was committed */
+    static h2o_buffer_prototype_t proto;
+    memset(&proto, 0, sizeof(proto));
+    proto.allocator.max = 16;
+    proto._initial_buf.capacity = 8192;
+    h2o_buffer_t *b;
+    h2o_buffer_init(&b, &proto);
+    h2o_iovec_t room = h2o_buffer_reserve(&b, 400);
+    memcpy(room.base, canary, sizeof(canary));
+    memcpy(room.base + 300, canary, sizeof(canary)); /* written, never committed */
+    b->size += 100;
+    h2o_buffer_consume(&b, 10);
+    h2o_buffer_t *block = b;
+    h2o_buffer_consume(&b, b->size);
+    assert_int_equal(proto.allocator.cnt, 1);
+    assert_null(memmem((const char *)block + sizeof(void *), malloc_usable_size(block) - sizeof(void *), canary,
+                       sizeof(canary) - 1));
+    while (proto.allocator.cnt > 0)
+        free(h2o_mem_alloc_recycle(&proto.allocator, 0));
+}
+
+int main(void)
+{
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tunables_value),
         cmocka_unit_test(test_freed_chunk_wiped),
+        cmocka_unit_test(test_realloc_wipes_what_it_leaves),
         cmocka_unit_test(test_process_init),
-        cmocka_unit_test(test_thread_init_buffers_not_recycled),
+        cmocka_unit_test(test_socket_buffers_wiped_when_recycled),
+        cmocka_unit_test(test_consumed_buffer_wiped_whole),
         cmocka_unit_test(test_pool_chunks_wiped_when_recycled),
         cmocka_unit_test(test_buffers_wiped_when_recycled),
     };

@@ -100,6 +100,29 @@ static void test_sha256(void **state)
     util_sha256("abc", 3, raw);
     assert_int_equal(raw[0], 0xba);
     assert_int_equal(raw[31], 0xad);
+    /* the thread's context is reused: a longer input right after, then "abc" again */
+    char block[200];
+    memset(block, 'a', sizeof(block));
+    util_sha256_hex(block, sizeof(block), hex);
+    assert_string_equal(hex, "c2a908d98f5df987ade41b5fce213067efbcc21ef2240212a41e54b5e7c28ae5");
+    util_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+static void test_u64_dec(void **state)
+{
+    (void)state;
+    char out[21];
+    assert_int_equal(util_u64_dec(0, out), 1);
+    assert_string_equal(out, "0");
+    assert_int_equal(util_u64_dec(9, out), 1);
+    assert_string_equal(out, "9");
+    assert_int_equal(util_u64_dec(10, out), 2);
+    assert_string_equal(out, "10");
+    assert_int_equal(util_u64_dec(1234567890123ull, out), 13);
+    assert_string_equal(out, "1234567890123");
+    assert_int_equal(util_u64_dec(UINT64_MAX, out), 20);
+    assert_string_equal(out, "18446744073709551615");
 }
 
 static void test_random_and_request_id(void **state)
@@ -416,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_hostport_ipv6),
         cmocka_unit_test(test_hostport_errors),
         cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_u64_dec),
         cmocka_unit_test(test_random_and_request_id),
         cmocka_unit_test(test_request_id_sane),
         cmocka_unit_test(test_base64url),
