@@ -127,7 +127,9 @@ static void request_id_for(worker_t *w, h2o_req_t *req, char out[65])
             return;
         }
     }
-    snprintf(out, 65, "%016llx%016llx", (unsigned long long)worker_rand(w), (unsigned long long)worker_rand(w));
+    util_hex64(worker_rand(w), out);
+    util_hex64(worker_rand(w), out + 16);
+    out[32] = '\0';
 }
 
 /* The relay key from `Authorization: Bearer`; NULL when absent. */
@@ -235,7 +237,6 @@ static void add_header(h2o_req_t *req, const char *name, const char *value, size
     h2o_add_header_by_str(&req->pool, &req->res.headers, name, strlen(name), 0, NULL, value, len);
 }
 
-/* "1.5s", "12ms": the reset times of OpenAI's x-ratelimit-reset-* headers. */
 /* "250ms" below a second, else "1.250s" (OpenAI's reset durations); no printf on the
  * request path. buf holds at least 32 bytes. */
 static size_t format_reset(char buf[32], uint64_t ms)
@@ -813,11 +814,12 @@ static const upstream_cbs_t upstream_callbacks = {
 
 static int start_upstream(relay_t *r)
 {
-    size_t ulen = strlen(r->route->base_url) + strlen(r->ep->upstream) + 1;
-    r->url = malloc(ulen);
+    size_t blen = strlen(r->route->base_url), plen = strlen(r->ep->upstream);
+    r->url = malloc(blen + plen + 1);
     if (r->url == NULL)
         return -ENOMEM;
-    snprintf(r->url, ulen, "%s%s", r->route->base_url, r->ep->upstream);
+    memcpy(r->url, r->route->base_url, blen);
+    memcpy(r->url + blen, r->ep->upstream, plen + 1);
     uint64_t pick = worker_rand(r->worker);
     upstream_request_t ureq = {
         .url = r->url,
@@ -908,8 +910,14 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     if (!no_output && info.max_output_tokens < 0 && snapshot_key_metered(key))
         r->force_max_output = cfg->default_max_output_tokens;
     r->worst = worst_case(w->snapshot, model, (int64_t)info.prompt_bytes, out_bound);
-    snprintf(r->quota_id, sizeof(r->quota_id), "w%d-%016llx%016llx", w->index, (unsigned long long)worker_rand(w),
-             (unsigned long long)worker_rand(w));
+    /* "w<index>-" and 32 hex digits: unique per node (settles are idempotent by this id) */
+    size_t qn = 0;
+    r->quota_id[qn++] = 'w';
+    qn += util_u64_dec((uint64_t)w->index, r->quota_id + qn);
+    r->quota_id[qn++] = '-';
+    util_hex64(worker_rand(w), r->quota_id + qn);
+    util_hex64(worker_rand(w), r->quota_id + qn + 16);
+    r->quota_id[qn + 32] = '\0';
     quota_decision_t d = meter_reserve(w, key, r->quota_id, r->worst, &r->waiter, on_quota_resolved);
     if (d.kind == QUOTA_WAIT) {
         r->waiting_quota = true;

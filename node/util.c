@@ -132,6 +132,15 @@ void util_sha256(const void *data, size_t len, uint8_t out[32])
         abort(); /* only on allocation failure inside OpenSSL; a wrong hash would be worse */
 }
 
+void util_hex64(uint64_t v, char out[16])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        out[i] = hex[v & 15];
+        v >>= 4;
+    }
+}
+
 size_t util_u64_dec(uint64_t v, char out[21])
 {
     char tmp[20];

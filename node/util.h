@@ -28,6 +28,8 @@ void util_sha256_hex(const void *data, size_t len, char out[65]);
 void util_sha256(const void *data, size_t len, uint8_t out[32]);
 /* Writes v in decimal, NUL-terminated, into out; returns its length (1..20). */
 size_t util_u64_dec(uint64_t v, char out[21]);
+/* Writes v as 16 lowercase hex digits (zero-padded, no NUL) into out. */
+void util_hex64(uint64_t v, char out[16]);
 
 /* Cryptographically secure random bytes (OpenSSL RAND_bytes). Returns 0 or -EIO. */
 int util_random_bytes(void *buf, size_t len);

@@ -123,6 +123,13 @@ static void test_u64_dec(void **state)
     assert_string_equal(out, "1234567890123");
     assert_int_equal(util_u64_dec(UINT64_MAX, out), 20);
     assert_string_equal(out, "18446744073709551615");
+    char hex[17] = {0};
+    util_hex64(0, hex);
+    assert_string_equal(hex, "0000000000000000");
+    util_hex64(0x0123456789abcdefull, hex);
+    assert_string_equal(hex, "0123456789abcdef");
+    util_hex64(UINT64_MAX, hex);
+    assert_string_equal(hex, "ffffffffffffffff");
 }
 
 static void test_random_and_request_id(void **state)

@@ -131,7 +131,7 @@ def cmd_record(args):
         except (OSError, ValueError, KeyError, TypeError):
             conns = None
     row = {
-        "target": args.target, "c": args.c, "m": args.m, **r, "upstream_conns": conns,
+        "target": args.target, "c": args.c, "m": args.m, "round": args.round, **r, "upstream_conns": conns,
         "p50_us": percentile(durations, 50), "p90_us": percentile(durations, 90),
         "p99_us": percentile(durations, 99), "logged_2xx": len(durations),
         "server_cpu_us": per_req(args.server_pid), "upstream_cpu_us": per_req(args.upstream_pid),
@@ -139,7 +139,7 @@ def cmd_record(args):
     }
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"  {args.target:<9} -c {args.c:<3} -m {args.m:<2} {fmt(r.get('rps'), 0):>8} req/s  "
+    print(f"  r{args.round} {args.target:<9} -c {args.c:<3} -m {args.m:<2} {fmt(r.get('rps'), 0):>8} req/s  "
           f"p50 {fmt_ms(row['p50_us'])} ms  cpu {fmt(row['server_cpu_us'], 1)} us/req  "
           f"({r.get('succeeded', '?')}/{r.get('total', '?')} ok, {r.get('tls', '?')} {r.get('alpn', '?')})")
 
@@ -154,6 +154,11 @@ def fmt_ms(us):
 
 # ---- report -----------------------------------------------------------------------------
 
+def median(values):
+    v = [x for x in values if x is not None]
+    return statistics.median(v) if v else None
+
+
 def cmd_report(args):
     rows = []
     with open(args.out) as f:
@@ -162,17 +167,39 @@ def cmd_report(args):
                 rows.append(json.loads(line))
     head = (f"{'target':<10} {'conc':>9} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
             f"{'cpu us/req':>10} {'upstr us/req':>12} {'upstr conns':>11} {'ok/total':>13}  cpu busy %")
-    print(head)
-    print("-" * len(head))
-    by = {}
+    rounds = sorted({r.get("round", 1) for r in rows})
+    by = {}  # (target, c) -> rows of every round
     for r in rows:
-        by[(r["target"], r["c"])] = r
+        by.setdefault((r["target"], r["c"]), []).append(r)
+
+    def line(label, r):
         busy = " ".join(f"cpu{k}={v}" for k, v in sorted(r.get("cpu_busy_pct", {}).items()))
         ok = f"{r.get('succeeded', '?')}/{r.get('total', '?')}"
-        print(f"{r['target']:<10} {'-c%d -m%d' % (r['c'], r['m']):>9} {fmt(r.get('rps'), 0):>9} "
-              f"{fmt_ms(r['p50_us']):>8} {fmt_ms(r['p90_us']):>8} {fmt_ms(r['p99_us']):>8} "
-              f"{fmt(r['server_cpu_us'], 1):>10} {fmt(r['upstream_cpu_us'], 1):>12} "
-              f"{'-' if r.get('upstream_conns') is None else r['upstream_conns']:>11} {ok:>13}  {busy}")
+        return (f"{label:<10} {'-c%d -m%d' % (r['c'], r['m']):>9} {fmt(r.get('rps'), 0):>9} "
+                f"{fmt_ms(r['p50_us']):>8} {fmt_ms(r['p90_us']):>8} {fmt_ms(r['p99_us']):>8} "
+                f"{fmt(r['server_cpu_us'], 1):>10} {fmt(r['upstream_cpu_us'], 1):>12} "
+                f"{'-' if r.get('upstream_conns') is None else r['upstream_conns']:>11} {ok:>13}  {busy}")
+
+    if len(rounds) > 1:
+        print(f"every round ({len(rounds)} rounds; in each, the targets ran in turn):")
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            print(line("%s r%d" % (r["target"], r.get("round", 1)), r))
+        print()
+        print(f"median over the {len(rounds)} rounds:")
+    print(head)
+    print("-" * len(head))
+    med = {}
+    for (target, c), rs in by.items():
+        m = dict(rs[0])
+        for k in ("rps", "p50_us", "p90_us", "p99_us", "server_cpu_us", "upstream_cpu_us"):
+            m[k] = median([r.get(k) for r in rs])
+        m["succeeded"] = sum(r.get("succeeded") or 0 for r in rs)
+        m["total"] = sum(r.get("total") or 0 for r in rs)
+        m["cpu_busy_pct"] = {}
+        med[(target, c)] = m
+        print(line(target, m))
     print()
 
     def ratio(a, b):
@@ -180,14 +207,24 @@ def cmd_report(args):
 
     concs = sorted({r["c"] for r in rows}, reverse=True)
     for c in concs:
-        l, h = by.get(("llmrelay", c)), by.get(("h2o", c))
+        l, h = med.get(("llmrelay", c)), med.get(("h2o", c))
         if l and h:
-            print(f"llmrelay/h2o at -c {c}: cpu per request x{fmt(ratio(l['server_cpu_us'], h['server_cpu_us']), 2)}, "
-                  f"req/s x{fmt(ratio(l.get('rps'), h.get('rps')), 2)}")
-    d = by.get(("direct", 1))
+            per_round = []
+            for rd in rounds:
+                lr = [r for r in by[("llmrelay", c)] if r.get("round", 1) == rd]
+                hr = [r for r in by[("h2o", c)] if r.get("round", 1) == rd]
+                if lr and hr:
+                    per_round.append(ratio(lr[0]["server_cpu_us"], hr[0]["server_cpu_us"]))
+            rounds_txt = ""
+            if len(per_round) > 1:
+                rounds_txt = (" (per round: " + ", ".join("x" + fmt(x, 2) for x in per_round) +
+                              "; median x" + fmt(median(per_round), 2) + ")")
+            print(f"llmrelay/h2o at -c {c}: cpu per request x{fmt(ratio(l['server_cpu_us'], h['server_cpu_us']), 2)}"
+                  f"{rounds_txt}, req/s x{fmt(ratio(l.get('rps'), h.get('rps')), 2)}")
+    d = med.get(("direct", 1))
     if d and d["p50_us"] is not None:
         for t in ("llmrelay", "h2o"):
-            r = by.get((t, 1))
+            r = med.get((t, 1))
             if r and r["p50_us"] is not None:
                 print(f"added latency at -c 1, {t}: p50 {(r['p50_us'] - d['p50_us']) / 1000.0:+.3f} ms "
                       f"(p99 {(r['p99_us'] - d['p99_us']) / 1000.0:+.3f} ms) over direct")
@@ -337,6 +374,7 @@ def main():
     p.add_argument("m", type=int)
     for a in ("h2load_stdout", "logfile", "cpu_before", "cpu_after", "server_pid", "upstream_pid"):
         p.add_argument(a)
+    p.add_argument("--round", type=int, default=1)
     p.add_argument("--stats-before", help="mock /mock/stats before the warm-up run (file)")
     p.add_argument("--stats-after", help="mock /mock/stats after the run (file)")
     p.set_defaults(fn=cmd_record)
