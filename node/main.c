@@ -283,6 +283,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(n->cfg.log_level);
+#ifdef LLMRELAY_NO_WIPE
+    log_warn("this build leaves content in memory (-DLLMRELAY_NO_WIPE: benchmark only); never serve real traffic with it");
+#endif
     /* No core dump may hold content; /proc/PID/mem becomes root-only; no buffer spills to
      * /tmp; freed memory and h2o's recycled blocks are wiped (privacy.c, wipefree.c). A
      * build where the wiping is not in force does not serve. */

@@ -15,6 +15,7 @@
  * An HTTP/2 write buffer is wiped as far as it was written; every other block whole
  * (recycled_dirty_bytes). */
 #include "node/privacy.h"
+#include "node/wipe.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -39,14 +40,14 @@
 
 /* ---- glibc: the wiping free ------------------------------------------------------------- */
 
-#ifndef PRIVACY_ASAN
+#if !defined(PRIVACY_ASAN) && !defined(LLMRELAY_NO_WIPE)
 /* Defined by node/wipefree.c when it is linked in: the wiping free itself. */
 extern void (*const llmrelay_wipefree)(void *) __attribute__((weak));
 #endif
 
 int privacy_wipefree_check(void)
 {
-#ifdef PRIVACY_ASAN
+#if defined(PRIVACY_ASAN) || defined(LLMRELAY_NO_WIPE)
     return 0;
 #else
     if (&llmrelay_wipefree == NULL)
@@ -113,7 +114,7 @@ void h2o_mem_free_recycle(h2o_mem_recycle_t *allocator, void *p)
         free(p); /* the wiping free clears it */
         return;
     }
-    explicit_bzero(p, recycled_dirty_bytes(allocator, p));
+    wipe_bytes(p, recycled_dirty_bytes(allocator, p));
     *(void **)p = allocator->_link;
     allocator->_link = p;
     allocator->cnt++;

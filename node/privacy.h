@@ -22,6 +22,14 @@
 #include <stddef.h>
 
 #include <h2o/memory.h>
+#include <openssl/ssl.h>
+
+/* OpenSSL wipes decrypted records once read (not in a -DLLMRELAY_NO_WIPE bench build). */
+#ifndef LLMRELAY_NO_WIPE
+#define PRIVACY_CLEANSE_PLAINTEXT SSL_OP_CLEANSE_PLAINTEXT
+#else
+#define PRIVACY_CLEANSE_PLAINTEXT 0
+#endif
 
 /* 0 when the wiping free of node/wipefree.c is linked into the executable and is the free
  * every library calls (the dynamic linker's global lookup finds it first); -ENOTSUP

@@ -3,18 +3,19 @@
  * How it works: one SAX pass of yajl over the whole body with callbacks that track only the
  * nesting depth, the current top-level key (as an id from a fixed table) and whether the
  * parser is inside the top-level "stream_options" object. Inspection validates and records
- * those fields as they pass. Rewriting first needs the inspection's result (to know, say,
- * whether "stream" is true when "stream_options" comes before it), then makes a second pass
- * in which every event is re-emitted through yajl_gen straight into the caller's wipe_buf_t
- * (numbers from their raw text), replacing values in place and appending missing fields just
- * before the top-level object closes. Errors carry fixed texts only. */
+ * those fields as they pass, and with them the byte spans of the values the relay may edit:
+ * inside a callback yajl_get_bytes_consumed() is the offset just past the current token, so a
+ * value ends there and starts after the ':' that follows its key's end (only whitespace lies
+ * in between; yajl has checked those bytes already). Rewriting never parses: it sorts the few
+ * edits by offset and copies the body around them into the caller's wipe_buf_t, sized once.
+ * Errors carry fixed texts only. */
 #include "node/reqjson.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
 typedef enum {
@@ -45,25 +46,19 @@ typedef struct ctx {
     reqjson_endpoint_t ep;
     reqjson_info_t *info;
     yajl_handle parser;
+    const uint8_t *body;
     unsigned depth;      /* open containers; the top-level object is depth 1 */
     key_id_t key;        /* top-level key whose value comes next */
+    size_t key_end;      /* just past that key (when it is not KEY_OTHER) */
     unsigned seen;       /* bit per key_id_t already seen at the top level */
     bool in_opts;        /* inside the top-level "stream_options" object (at depth 2) */
     bool opts_key_usage; /* the next value is stream_options.include_usage */
     bool opts_saw_usage;
-    int rc;           /* first error */
-    const char *msg;  /* its fixed text */
-    bool msg_at_byte; /* append " at byte N" */
+    size_t opts_key_end; /* just past the "include_usage" key */
+    int rc;              /* first error */
+    const char *msg;     /* its fixed text */
+    bool msg_at_byte;    /* append " at byte N" */
     size_t msg_byte;
-
-    /* rewrite only */
-    yajl_gen gen;
-    wipe_buf_t *out;
-    const reqjson_rewrite_t *rw;
-    bool force_usage, usage_done;
-    bool add_store, store_done;
-    key_id_t max_key; /* field to add for default_max_output_tokens, or KEY_OTHER */
-    bool max_done;
 } ctx_t;
 
 static bool is_max_key(reqjson_endpoint_t ep, key_id_t k)
@@ -79,6 +74,21 @@ static bool is_max_key(reqjson_endpoint_t ep, key_id_t k)
         break;
     }
     return false;
+}
+
+/* The max field reqjson_rewrite adds for default_max_output_tokens (KEY_OTHER: none). */
+static key_id_t default_max_key(reqjson_endpoint_t ep)
+{
+    switch (ep) {
+    case REQJSON_CHAT:
+    case REQJSON_COMPLETIONS:
+        return KEY_MAX_TOKENS;
+    case REQJSON_RESPONSES:
+        return KEY_MAX_OUTPUT_TOKENS;
+    case REQJSON_EMBEDDINGS:
+        break;
+    }
+    return KEY_OTHER;
 }
 
 static key_id_t top_key_id(reqjson_endpoint_t ep, const unsigned char *k, size_t n)
@@ -169,38 +179,25 @@ static bool parse_count(const char *s, size_t n, int64_t *out)
     return true;
 }
 
-static void gen_print(void *data, const char *s, size_t n)
+static bool is_space(uint8_t b)
 {
-    ctx_t *c = data;
-    if (c->rc != 0)
-        return;
-    int r = wipe_buf_append(c->out, s, n);
-    if (r != 0) {
-        c->rc = r;
-        c->msg = r == -E2BIG ? "rewritten body too large" : "out of memory";
-        c->msg_at_byte = false;
-    }
+    /* yajl also skips \v and \f between tokens */
+    return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\v' || b == '\f';
 }
 
-/* Checks a yajl_gen result and the output buffer; returns the callback's continue flag. */
-static int emitted(ctx_t *c, yajl_gen_status s)
+/* The span of the value yajl has just reported (the current token ends it), whose key ended
+ * at key_end: the value starts after the ':' and the whitespace that follow the key. */
+static reqjson_span_t value_span(const ctx_t *c, size_t key_end)
 {
-    if (c->rc != 0)
-        return 0;
-    if (s != yajl_gen_status_ok)
-        return fail(c, s == yajl_gen_invalid_string ? -EINVAL : -ENOMEM,
-                    s == yajl_gen_invalid_string ? "invalid UTF-8 in a string" : "cannot write JSON", false);
-    return 1;
-}
-
-static int emit_key(ctx_t *c, const char *k)
-{
-    return emitted(c, yajl_gen_string(c->gen, (const unsigned char *)k, strlen(k)));
-}
-
-static int emit_count(ctx_t *c, int64_t v)
-{
-    return emitted(c, yajl_gen_integer(c->gen, (long long)v));
+    size_t end = yajl_get_bytes_consumed(c->parser);
+    size_t i = key_end;
+    while (i < end && c->body[i] != ':')
+        i++;
+    i++;
+    while (i < end && is_space(c->body[i]))
+        i++;
+    assert(i < end);
+    return (reqjson_span_t){.start = i, .end = end};
 }
 
 static const char *type_error(key_id_t k, bool in_opts_usage)
@@ -227,41 +224,31 @@ static const char *type_error(key_id_t k, bool in_opts_usage)
     }
 }
 
-/* Validates and records a value; returns -1 on error (already recorded), 0 to pass the
- * value through, 1 if it was replaced (the replacement already emitted). */
+/* Validates and records a value; returns yajl's continue flag (0 once an error is recorded). */
 static int on_value(ctx_t *c, val_type_t t, int b, const unsigned char *s, size_t n)
 {
     if (c->rc != 0)
-        return -1;
-    if (c->depth == 0) {
-        fail(c, -EINVAL, "body must be a JSON object", false);
-        return -1;
-    }
-    if (t == VAL_STRING && !utf8_valid(s, n)) {
-        fail(c, -EINVAL, "invalid UTF-8 in a string", true);
-        return -1;
-    }
+        return 0;
+    if (c->depth == 0)
+        return fail(c, -EINVAL, "body must be a JSON object", false);
+    if (t == VAL_STRING && !utf8_valid(s, n))
+        return fail(c, -EINVAL, "invalid UTF-8 in a string", true);
     reqjson_info_t *info = c->info;
     if (c->opts_key_usage) {
         c->opts_key_usage = false;
         if (t == VAL_BOOL)
             info->include_usage = b ? 1 : 0;
-        else if (t != VAL_NULL) {
-            fail(c, -EINVAL, type_error(KEY_OTHER, true), false);
-            return -1;
-        }
-        if (c->gen != NULL && c->force_usage) {
-            c->usage_done = true;
-            return emitted(c, yajl_gen_bool(c->gen, 1)) ? 1 : -1;
-        }
-        return 0;
+        else if (t != VAL_NULL)
+            return fail(c, -EINVAL, type_error(KEY_OTHER, true), false);
+        info->spans.include_usage = value_span(c, c->opts_key_end);
+        return 1;
     }
     if (c->depth > 1) {
         if (t == VAL_STRING)
             info->prompt_bytes += n;
         else if (t == VAL_NUMBER)
             info->prompt_bytes += 4;
-        return 0;
+        return 1;
     }
     key_id_t k = c->key;
     c->key = KEY_OTHER;
@@ -270,29 +257,23 @@ static int on_value(ctx_t *c, val_type_t t, int b, const unsigned char *s, size_
     case KEY_OTHER:
         if (t == VAL_STRING)
             info->prompt_bytes += n;
-        return 0;
+        return 1;
     case KEY_MODEL:
         if (t != VAL_STRING) {
             bad = true;
             break;
         }
-        if (n == 0 || n > REQJSON_MODEL_MAX) {
-            fail(c, -EINVAL, n == 0 ? "'model' must not be empty" : "'model' is too long", false);
-            return -1;
-        }
+        if (n == 0 || n > REQJSON_MODEL_MAX)
+            return fail(c, -EINVAL, n == 0 ? "'model' must not be empty" : "'model' is too long", false);
         for (size_t i = 0; i < n; i++) {
-            if (s[i] < 0x20 || s[i] == 0x7F) {
-                fail(c, -EINVAL, "'model' must not contain control characters", false);
-                return -1;
-            }
+            if (s[i] < 0x20 || s[i] == 0x7F)
+                return fail(c, -EINVAL, "'model' must not contain control characters", false);
         }
         memcpy(info->model, s, n);
         info->model[n] = 0;
         info->has_model = true;
-        if (c->gen != NULL && c->rw->model != NULL)
-            return emitted(c, yajl_gen_string(c->gen, (const unsigned char *)c->rw->model, strlen(c->rw->model))) ? 1
-                                                                                                                  : -1;
-        return 0;
+        info->spans.model = value_span(c, c->key_end);
+        break;
     case KEY_STREAM:
         if (t == VAL_BOOL)
             info->stream = b != 0;
@@ -302,22 +283,16 @@ static int on_value(ctx_t *c, val_type_t t, int b, const unsigned char *s, size_
     case KEY_STORE:
         if (t == VAL_BOOL)
             info->store = b ? 1 : 0;
-        else if (t != VAL_NULL)
-            bad = true;
-        else if (c->gen != NULL && c->add_store) {
-            c->store_done = true;
-            return emitted(c, yajl_gen_bool(c->gen, 0)) ? 1 : -1;
-        }
+        else
+            bad = t != VAL_NULL;
+        if (!bad)
+            info->spans.store = value_span(c, c->key_end);
         break;
     case KEY_STREAM_OPTIONS:
-        bad = t != VAL_NULL && t != VAL_MAP;
-        if (!bad && t == VAL_NULL && c->gen != NULL && c->force_usage) {
-            c->usage_done = true;
-            if (!emitted(c, yajl_gen_map_open(c->gen)) || !emit_key(c, "include_usage") ||
-                !emitted(c, yajl_gen_bool(c->gen, 1)) || !emitted(c, yajl_gen_map_close(c->gen)))
-                return -1;
-            return 1;
-        }
+        /* an object goes through open_container; here only null is valid */
+        bad = t != VAL_NULL;
+        if (!bad)
+            info->spans.stream_options = value_span(c, c->key_end);
         break;
     case KEY_MAX_TOKENS:
     case KEY_MAX_COMPLETION_TOKENS:
@@ -332,55 +307,37 @@ static int on_value(ctx_t *c, val_type_t t, int b, const unsigned char *s, size_
                 info->max_output_tokens = v;
         } else if (t != VAL_NULL) {
             bad = true;
-        } else if (c->gen != NULL && c->max_key == k) {
-            c->max_done = true;
-            return emit_count(c, c->rw->default_max_output_tokens) ? 1 : -1;
+            break;
         }
+        if (k == default_max_key(c->ep))
+            info->spans.max_output = value_span(c, c->key_end);
         break;
     case KEY_COUNT:
         break;
     }
-    if (bad) {
-        fail(c, -EINVAL, type_error(k, false), false);
-        return -1;
-    }
-    return 0;
+    if (bad)
+        return fail(c, -EINVAL, type_error(k, false), false);
+    return 1;
 }
 
 static int cb_null(void *data)
 {
-    ctx_t *c = data;
-    int a = on_value(c, VAL_NULL, 0, NULL, 0);
-    if (a < 0)
-        return 0;
-    return a == 0 && c->gen != NULL ? emitted(c, yajl_gen_null(c->gen)) : 1;
+    return on_value(data, VAL_NULL, 0, NULL, 0);
 }
 
 static int cb_boolean(void *data, int b)
 {
-    ctx_t *c = data;
-    int a = on_value(c, VAL_BOOL, b, NULL, 0);
-    if (a < 0)
-        return 0;
-    return a == 0 && c->gen != NULL ? emitted(c, yajl_gen_bool(c->gen, b)) : 1;
+    return on_value(data, VAL_BOOL, b, NULL, 0);
 }
 
 static int cb_number(void *data, const char *s, size_t n)
 {
-    ctx_t *c = data;
-    int a = on_value(c, VAL_NUMBER, 0, (const unsigned char *)s, n);
-    if (a < 0)
-        return 0;
-    return a == 0 && c->gen != NULL ? emitted(c, yajl_gen_number(c->gen, s, n)) : 1;
+    return on_value(data, VAL_NUMBER, 0, (const unsigned char *)s, n);
 }
 
 static int cb_string(void *data, const unsigned char *s, size_t n)
 {
-    ctx_t *c = data;
-    int a = on_value(c, VAL_STRING, 0, s, n);
-    if (a < 0)
-        return 0;
-    return a == 0 && c->gen != NULL ? emitted(c, yajl_gen_string(c->gen, s, n)) : 1;
+    return on_value(data, VAL_STRING, 0, s, n);
 }
 
 static int open_container(ctx_t *c, val_type_t t)
@@ -398,6 +355,10 @@ static int open_container(ctx_t *c, val_type_t t)
         if (k == KEY_STREAM_OPTIONS && t == VAL_MAP) {
             c->in_opts = true;
             c->opts_saw_usage = false;
+            /* the end is set when the object closes */
+            c->info->spans.stream_options = value_span(c, c->key_end);
+            c->info->spans.stream_options_is_object = true;
+            c->info->spans.stream_options_empty = true;
         } else if (k != KEY_OTHER) {
             return fail(c, -EINVAL, type_error(k, false), false);
         }
@@ -405,9 +366,7 @@ static int open_container(ctx_t *c, val_type_t t)
     if (c->depth >= REQJSON_MAX_DEPTH)
         return fail(c, -EINVAL, "JSON nested too deeply", false);
     c->depth++;
-    if (c->gen == NULL)
-        return 1;
-    return emitted(c, t == VAL_MAP ? yajl_gen_map_open(c->gen) : yajl_gen_array_open(c->gen));
+    return 1;
 }
 
 static int cb_start_map(void *data)
@@ -424,25 +383,6 @@ static int cb_end_array(void *data)
 {
     ctx_t *c = data;
     c->depth--;
-    return c->gen != NULL ? emitted(c, yajl_gen_array_close(c->gen)) : 1;
-}
-
-/* Appends the fields the client did not send, just before the top-level object closes. */
-static int append_missing(ctx_t *c)
-{
-    if (c->force_usage && !c->usage_done) {
-        if (!emit_key(c, "stream_options") || !emitted(c, yajl_gen_map_open(c->gen)) || !emit_key(c, "include_usage") ||
-            !emitted(c, yajl_gen_bool(c->gen, 1)) || !emitted(c, yajl_gen_map_close(c->gen)))
-            return 0;
-    }
-    if (c->add_store && !c->store_done) {
-        if (!emit_key(c, "store") || !emitted(c, yajl_gen_bool(c->gen, 0)))
-            return 0;
-    }
-    if (c->max_key != KEY_OTHER && !c->max_done) {
-        if (!emit_key(c, key_names[c->max_key]) || !emit_count(c, c->rw->default_max_output_tokens))
-            return 0;
-    }
     return 1;
 }
 
@@ -453,17 +393,12 @@ static int cb_end_map(void *data)
         return 0;
     if (c->depth == 2 && c->in_opts) {
         c->in_opts = false;
-        if (c->gen != NULL && c->force_usage && !c->opts_saw_usage) {
-            c->usage_done = true;
-            if (!emit_key(c, "include_usage") || !emitted(c, yajl_gen_bool(c->gen, 1)))
-                return 0;
-        }
-    } else if (c->depth == 1 && c->gen != NULL) {
-        if (!append_missing(c))
-            return 0;
+        c->info->spans.stream_options.end = yajl_get_bytes_consumed(c->parser);
+    } else if (c->depth == 1) {
+        c->info->spans.close = yajl_get_bytes_consumed(c->parser) - 1;
     }
     c->depth--;
-    return c->gen != NULL ? emitted(c, yajl_gen_map_close(c->gen)) : 1;
+    return 1;
 }
 
 static int cb_map_key(void *data, const unsigned char *k, size_t n)
@@ -474,6 +409,7 @@ static int cb_map_key(void *data, const unsigned char *k, size_t n)
     if (!utf8_valid(k, n))
         return fail(c, -EINVAL, "invalid UTF-8 in a string", true);
     if (c->depth == 1) {
+        c->info->spans.has_members = true;
         key_id_t id = top_key_id(c->ep, k, n);
         if (id != KEY_OTHER) {
             if (c->seen & (1u << id)) {
@@ -495,15 +431,20 @@ static int cb_map_key(void *data, const unsigned char *k, size_t n)
                 }
             }
             c->seen |= 1u << id;
+            c->key_end = yajl_get_bytes_consumed(c->parser);
         }
         c->key = id;
-    } else if (c->depth == 2 && c->in_opts && n == 13 && memcmp(k, "include_usage", 13) == 0) {
-        if (c->opts_saw_usage)
-            return fail(c, -EINVAL, "duplicate key 'stream_options.include_usage'", false);
-        c->opts_saw_usage = true;
-        c->opts_key_usage = true;
+    } else if (c->depth == 2 && c->in_opts) {
+        c->info->spans.stream_options_empty = false;
+        if (n == 13 && memcmp(k, "include_usage", 13) == 0) {
+            if (c->opts_saw_usage)
+                return fail(c, -EINVAL, "duplicate key 'stream_options.include_usage'", false);
+            c->opts_saw_usage = true;
+            c->opts_key_usage = true;
+            c->opts_key_end = yajl_get_bytes_consumed(c->parser);
+        }
     }
-    return c->gen != NULL ? emitted(c, yajl_gen_string(c->gen, k, n)) : 1;
+    return 1;
 }
 
 static const yajl_callbacks callbacks = {
@@ -556,7 +497,7 @@ static void info_init(reqjson_info_t *info)
     info->max_output_tokens = -1;
 }
 
-/* One pass over body with c set up (gen or not). */
+/* One inspection pass over body with c set up. */
 static int run(ctx_t *c, const uint8_t *body, size_t len, char *err, size_t errlen)
 {
     size_t i = 0;
@@ -607,7 +548,150 @@ int reqjson_inspect(reqjson_endpoint_t ep, const uint8_t *body, size_t len, reqj
     memset(&c, 0, sizeof(c));
     c.ep = ep;
     c.info = info;
-    return run(&c, body, len, err, errlen);
+    c.body = body;
+    int r = run(&c, body, len, err, errlen);
+    if (r == 0)
+        info->spans.body_len = len;
+    return r;
+}
+
+/* Writes the JSON escape of ch into esc and returns its length; 0 if ch needs none. */
+static size_t json_escape(unsigned char ch, char esc[6])
+{
+    static const char hex[] = "0123456789abcdef";
+    char short_form = 0;
+    switch (ch) {
+    case '"':
+        short_form = '"';
+        break;
+    case '\\':
+        short_form = '\\';
+        break;
+    case '\b':
+        short_form = 'b';
+        break;
+    case '\f':
+        short_form = 'f';
+        break;
+    case '\n':
+        short_form = 'n';
+        break;
+    case '\r':
+        short_form = 'r';
+        break;
+    case '\t':
+        short_form = 't';
+        break;
+    default:
+        if (ch >= 0x20)
+            return 0;
+        memcpy(esc, "\\u00", 4);
+        esc[4] = hex[ch >> 4];
+        esc[5] = hex[ch & 15];
+        return 6;
+    }
+    esc[0] = '\\';
+    esc[1] = short_form;
+    return 2;
+}
+
+/* Length of s (n bytes of valid UTF-8) as a JSON string, quotes included. */
+static size_t json_string_len(const char *s, size_t n)
+{
+    size_t len = n + 2;
+    char esc[6];
+    for (size_t i = 0; i < n; i++) {
+        size_t e = json_escape((unsigned char)s[i], esc);
+        if (e > 0)
+            len += e - 1;
+    }
+    return len;
+}
+
+/* Writes s as a JSON string at w (json_string_len bytes); returns the end. */
+static uint8_t *json_string_put(uint8_t *w, const char *s, size_t n)
+{
+    *w++ = '"';
+    size_t run_start = 0;
+    char esc[6];
+    for (size_t i = 0; i < n; i++) {
+        size_t e = json_escape((unsigned char)s[i], esc);
+        if (e == 0)
+            continue;
+        memcpy(w, s + run_start, i - run_start);
+        w += i - run_start;
+        memcpy(w, esc, e);
+        w += e;
+        run_start = i + 1;
+    }
+    memcpy(w, s + run_start, n - run_start);
+    w += n - run_start;
+    *w++ = '"';
+    return w;
+}
+
+/* Cheap checks that info came from reqjson_inspect of a body like this one (same length, its
+ * '}'s where this body has them, every span inside the object). Spans that reqjson_inspect
+ * recorded never overlap, so an info that passes cannot make the splice go out of bounds. */
+static bool spans_fit(const reqjson_info_t *info, const uint8_t *body, size_t len)
+{
+    const reqjson_spans_t *at = &info->spans;
+    if (!info->has_model || at->body_len != len || at->close >= len || body[at->close] != '}' || at->model.end == 0)
+        return false;
+    const reqjson_span_t *spans[] = {&at->model, &at->stream_options, &at->include_usage, &at->store, &at->max_output};
+    for (size_t i = 0; i < sizeof(spans) / sizeof(spans[0]); i++) {
+        if (spans[i]->end != 0 && (spans[i]->start >= spans[i]->end || spans[i]->end > at->close))
+            return false;
+    }
+    return !at->stream_options_is_object || (at->stream_options.end != 0 && body[at->stream_options.end - 1] == '}');
+}
+
+typedef struct edit {
+    size_t start, end; /* the body's bytes [start, end) give way to */
+    const char *text;  /* these len bytes; NULL: the new model as a JSON string */
+    size_t len;
+} edit_t;
+
+static edit_t edit_replace(reqjson_span_t at, const char *text)
+{
+    return (edit_t){.start = at.start, .end = at.end, .text = text, .len = strlen(text)};
+}
+
+/* The members added at the end of the top-level object. */
+typedef struct tail {
+    char text[128];
+    size_t len;
+    bool has_members; /* the object has members before the tail */
+} tail_t;
+
+static void tail_put(tail_t *t, const char *s, size_t n)
+{
+    assert(n <= sizeof(t->text) - t->len);
+    memcpy(t->text + t->len, s, n);
+    t->len += n;
+}
+
+/* Starts a member: a ',' unless it is the object's first. */
+static void tail_member(tail_t *t, const char *key_colon)
+{
+    if (t->len > 0 || t->has_members)
+        tail_put(t, ",", 1);
+    tail_put(t, key_colon, strlen(key_colon));
+}
+
+/* Writes v (> 0) in decimal to text (at least 19 bytes); returns the length. snprintf costs
+ * more than the rest of a rewrite. */
+static size_t count_text(int64_t v, char *text)
+{
+    char rev[20];
+    size_t n = 0;
+    do {
+        rev[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++)
+        text[i] = rev[n - 1 - i];
+    return n;
 }
 
 int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, const reqjson_rewrite_t *rw,
@@ -615,61 +699,94 @@ int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, cons
 {
     reqjson_info_t own;
     const reqjson_info_t *info = rw->info;
-    if (info == NULL) {
+    if (info == NULL || !spans_fit(info, body, len)) {
         int r = reqjson_inspect(ep, body, len, &own, err, errlen);
         if (r != 0)
             return r;
         info = &own;
     }
     set_err(err, errlen, "%s", "");
-    if (rw->model != NULL && !utf8_valid((const unsigned char *)rw->model, strlen(rw->model))) {
+    size_t model_len = rw->model != NULL ? strlen(rw->model) : 0;
+    if (rw->model != NULL && !utf8_valid((const unsigned char *)rw->model, model_len)) {
         set_err(err, errlen, "invalid UTF-8 in the configured model");
         return -EINVAL;
     }
-    ctx_t c;
-    memset(&c, 0, sizeof(c));
-    c.ep = ep;
-    c.rw = rw;
-    c.out = out;
-    c.force_usage = rw->include_usage && info->stream && (ep == REQJSON_CHAT || ep == REQJSON_COMPLETIONS);
-    c.add_store = rw->store_false_by_default && ep == REQJSON_RESPONSES && info->store < 0;
-    c.max_key = KEY_OTHER;
-    if (rw->default_max_output_tokens > 0 && info->max_output_tokens < 0) {
-        if (ep == REQJSON_CHAT || ep == REQJSON_COMPLETIONS)
-            c.max_key = KEY_MAX_TOKENS;
-        else if (ep == REQJSON_RESPONSES)
-            c.max_key = KEY_MAX_OUTPUT_TOKENS;
+
+    /* At most one edit per value the relay may change, plus the added members. */
+    const reqjson_spans_t *at = &info->spans;
+    edit_t edits[5];
+    size_t n_edits = 0;
+    tail_t tail = {.len = 0, .has_members = at->has_members};
+    char max_value[20];
+    if (rw->model != NULL && strcmp(rw->model, info->model) != 0)
+        edits[n_edits++] = (edit_t){
+            .start = at->model.start, .end = at->model.end, .text = NULL, .len = json_string_len(rw->model, model_len)};
+    if (rw->include_usage && info->stream && (ep == REQJSON_CHAT || ep == REQJSON_COMPLETIONS) &&
+        info->include_usage != 1) {
+        if (at->include_usage.end != 0) { /* false or null */
+            edits[n_edits++] = edit_replace(at->include_usage, "true");
+        } else if (at->stream_options_is_object) {
+            size_t close = at->stream_options.end - 1;
+            const char *member = at->stream_options_empty ? "\"include_usage\":true" : ",\"include_usage\":true";
+            edits[n_edits++] = (edit_t){.start = close, .end = close, .text = member, .len = strlen(member)};
+        } else if (at->stream_options.end != 0) { /* null */
+            edits[n_edits++] = edit_replace(at->stream_options, "{\"include_usage\":true}");
+        } else {
+            tail_member(&tail, "\"stream_options\":{\"include_usage\":true}");
+        }
     }
-    bool same_model = rw->model == NULL || strcmp(rw->model, info->model) == 0;
-    /* stream_options.include_usage already true: nothing to force */
-    if (c.force_usage && info->include_usage == 1)
-        c.force_usage = false;
-    if (same_model && !c.force_usage && !c.add_store && c.max_key == KEY_OTHER) {
-        int r = wipe_buf_append(out, body, len);
-        if (r != 0)
-            set_err(err, errlen, r == -E2BIG ? "rewritten body too large" : "out of memory");
+    if (rw->store_false_by_default && ep == REQJSON_RESPONSES && info->store < 0) {
+        if (at->store.end != 0) /* null */
+            edits[n_edits++] = edit_replace(at->store, "false");
+        else
+            tail_member(&tail, "\"store\":false");
+    }
+    key_id_t max_key = default_max_key(ep);
+    if (rw->default_max_output_tokens > 0 && info->max_output_tokens < 0 && max_key != KEY_OTHER) {
+        size_t n = count_text(rw->default_max_output_tokens, max_value);
+        if (at->max_output.end != 0) { /* null */
+            edits[n_edits++] =
+                (edit_t){.start = at->max_output.start, .end = at->max_output.end, .text = max_value, .len = n};
+        } else {
+            tail_member(&tail, max_key == KEY_MAX_TOKENS ? "\"max_tokens\":" : "\"max_output_tokens\":");
+            tail_put(&tail, max_value, n);
+        }
+    }
+    if (tail.len > 0)
+        edits[n_edits++] = (edit_t){.start = at->close, .end = at->close, .text = tail.text, .len = tail.len};
+
+    /* In body order; spans of different values never overlap. */
+    size_t total = len;
+    for (size_t i = 0; i < n_edits; i++) {
+        edit_t e = edits[i];
+        size_t j = i;
+        for (; j > 0 && edits[j - 1].start > e.start; j--)
+            edits[j] = edits[j - 1];
+        edits[j] = e;
+        total = total - (e.end - e.start) + e.len;
+    }
+    int r = wipe_buf_reserve(out, total);
+    if (r != 0) {
+        set_err(err, errlen, r == -E2BIG ? "rewritten body too large" : "out of memory");
         return r;
     }
-
-    /* A second inspection fills this copy; it must agree with info (same body). */
-    reqjson_info_t scratch;
-    info_init(&scratch);
-    c.info = &scratch;
-    yajl_alloc_funcs af;
-    wipe_yajl_alloc_funcs_init(&af);
-    c.gen = yajl_gen_alloc(&af);
-    if (c.gen == NULL) {
-        set_err(err, errlen, "out of memory");
-        return -ENOMEM;
+    uint8_t *w = out->data + out->len;
+    size_t pos = 0;
+    for (size_t i = 0; i < n_edits; i++) {
+        assert(edits[i].start >= pos && edits[i].end <= len);
+        memcpy(w, body + pos, edits[i].start - pos);
+        w += edits[i].start - pos;
+        if (edits[i].text != NULL) {
+            memcpy(w, edits[i].text, edits[i].len);
+            w += edits[i].len;
+        } else {
+            w = json_string_put(w, rw->model, model_len);
+        }
+        pos = edits[i].end;
     }
-    yajl_gen_config(c.gen, yajl_gen_validate_utf8, 1);
-    yajl_gen_config(c.gen, yajl_gen_print_callback, gen_print, &c);
-    int r = wipe_buf_reserve(out, len + 64);
-    if (r == -ENOMEM) {
-        set_err(err, errlen, "out of memory");
-    } else {
-        r = run(&c, body, len, err, errlen);
-    }
-    yajl_gen_free(c.gen);
-    return r;
+    memcpy(w, body + pos, len - pos);
+    w += len - pos;
+    assert(w == out->data + out->len + total);
+    out->len += total;
+    return 0;
 }

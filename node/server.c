@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "node/log.h"
+#include "node/privacy.h"
 #include "node/metering.h"
 #include "node/relay.h"
 #include "node/upstream_h1.h"
@@ -121,7 +122,7 @@ static SSL_CTX *tls_context_new(const llmrelay_config_t *cfg, char *err, size_t 
      * place). SSL_MODE_RELEASE_BUFFERS is not set: it freed (and so wiped) 16 KiB of
      * ciphertext buffer after every write, about 0.4 us per request for nothing. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                 SSL_OP_CLEANSE_PLAINTEXT);
+                                 PRIVACY_CLEANSE_PLAINTEXT);
     if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
         if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
             snprintf(err, errlen, "cannot load --tls-cert %s", cfg->tls_cert);
@@ -520,7 +521,7 @@ static CURLcode on_curl_ssl_ctx(CURL *curl, void *ssl_ctx, void *data)
     (void)curl;
     /* Decrypted records are wiped once read, and idle connections hold no record buffers:
      * a kept-alive upstream connection keeps no response bytes. */
-    SSL_CTX_set_options(ssl_ctx, SSL_OP_CLEANSE_PLAINTEXT);
+    SSL_CTX_set_options(ssl_ctx, PRIVACY_CLEANSE_PLAINTEXT);
     SSL_CTX_set_mode(ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
     if (s->upstream_cas != NULL) {
         X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);

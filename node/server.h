@@ -59,6 +59,8 @@ typedef struct worker {
     void *upstream_h1; /* upstream_h1.c's per-worker state (keep-alive pools) */
     metrics_shard_t *metrics; /* this worker's counters; written only by this thread */
     struct meter_worker *meter; /* metering.c's lessees of this worker */
+    struct relay *relay_cache;  /* relay.c's finished relays, kept for reuse */
+    unsigned relay_cache_n;
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
     uv_timer_t log_flush; /* writes the batched metadata lines every 50 ms */

@@ -191,7 +191,7 @@ static void h1_conn_close(h1_conn_t *conn)
 
 static void h1_conn_reset_buf(h1_conn_t *conn)
 {
-    explicit_bzero(conn->rbuf, conn->rdirty);
+    wipe_bytes(conn->rbuf, conn->rdirty);
     conn->rpos = conn->dend = conn->rlen = conn->rdirty = 0;
 }
 

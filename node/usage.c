@@ -17,6 +17,7 @@
  * UTF-8 (a high surrogate followed by any \uXXXX: 4 bytes; a lone high surrogate: "?"). The
  * string buffer is wiped when the scanner is freed or the one-shot scan ends. */
 #include "node/usage.h"
+#include "node/wipe.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -672,7 +673,7 @@ void usage_scan_free(usage_scan_t *s)
 {
     if (s == NULL)
         return;
-    explicit_bzero(s, sizeof(*s));
+    wipe_bytes(s, sizeof(*s));
     free(s);
 }
 
@@ -684,8 +685,8 @@ int usage_scan_chunk(const uint8_t *json, size_t len, usage_chunk_t *out)
     if (rc == 0)
         rc = tok_finish(&t);
     *out = t.ctx.res;
-    explicit_bzero(t.str, sizeof(t.str));
-    explicit_bzero(t.numbuf, sizeof(t.numbuf));
+    wipe_bytes(t.str, sizeof(t.str));
+    wipe_bytes(t.numbuf, sizeof(t.numbuf));
     if (rc != 0 || !out->usage.found) {
         memset(&out->usage, 0, sizeof(out->usage));
         out->usage_only = false;

@@ -10,9 +10,24 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <yajl/yajl_common.h>
 
-/* Zeroes malloc_usable_size(p) bytes, then frees p. NULL is a no-op. p must come from malloc. */
+/* Wipes n bytes at p (explicit_bzero: never optimised away). Every wipe of content goes
+ * through here, so that a build configured with -DLLMRELAY_NO_WIPE=ON — made only by
+ * ops/bench/relay, to measure what wiping costs — can leave them all out. */
+static inline void wipe_bytes(void *p, size_t n)
+{
+#ifndef LLMRELAY_NO_WIPE
+    explicit_bzero(p, n);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+/* Frees p with its usable bytes zeroed: by the process's wiping free (node/wipefree.c)
+ * where it is linked in, else by zeroing first. NULL is a no-op. p must come from malloc. */
 void wipe_free(void *p);
 
 /* Like realloc, but the old block is always wiped and freed: allocates n bytes, copies

@@ -205,22 +205,35 @@ def cmd_report(args):
     def ratio(a, b):
         return None if a is None or b in (None, 0) else a / b
 
+    def per_round(a, b, c):
+        out = []
+        for rd in rounds:
+            ar = [r for r in by.get((a, c), []) if r.get("round", 1) == rd]
+            br = [r for r in by.get((b, c), []) if r.get("round", 1) == rd]
+            if ar and br:
+                out.append((ar[0]["server_cpu_us"], br[0]["server_cpu_us"]))
+        return out
+
     concs = sorted({r["c"] for r in rows}, reverse=True)
     for c in concs:
-        l, h = med.get(("llmrelay", c)), med.get(("h2o", c))
-        if l and h:
-            per_round = []
-            for rd in rounds:
-                lr = [r for r in by[("llmrelay", c)] if r.get("round", 1) == rd]
-                hr = [r for r in by[("h2o", c)] if r.get("round", 1) == rd]
-                if lr and hr:
-                    per_round.append(ratio(lr[0]["server_cpu_us"], hr[0]["server_cpu_us"]))
+        for name in ("llmrelay", "llmrelay-nowipe"):
+            l, h = med.get((name, c)), med.get(("h2o", c))
+            if not (l and h):
+                continue
+            pr = [ratio(a, b) for a, b in per_round(name, "h2o", c)]
             rounds_txt = ""
-            if len(per_round) > 1:
-                rounds_txt = (" (per round: " + ", ".join("x" + fmt(x, 2) for x in per_round) +
-                              "; median x" + fmt(median(per_round), 2) + ")")
-            print(f"llmrelay/h2o at -c {c}: cpu per request x{fmt(ratio(l['server_cpu_us'], h['server_cpu_us']), 2)}"
+            if len(pr) > 1:
+                rounds_txt = (" (per round: " + ", ".join("x" + fmt(x, 2) for x in pr) +
+                              "; median x" + fmt(median(pr), 2) + ")")
+            print(f"{name}/h2o at -c {c}: cpu per request x{fmt(ratio(l['server_cpu_us'], h['server_cpu_us']), 2)}"
                   f"{rounds_txt}, req/s x{fmt(ratio(l.get('rps'), h.get('rps')), 2)}")
+        w, nw, h = med.get(("llmrelay", c)), med.get(("llmrelay-nowipe", c)), med.get(("h2o", c))
+        if w and nw and w["server_cpu_us"] is not None and nw["server_cpu_us"] is not None:
+            diffs = [a - b for a, b in per_round("llmrelay", "llmrelay-nowipe", c) if a is not None and b is not None]
+            d = median(diffs) if diffs else w["server_cpu_us"] - nw["server_cpu_us"]
+            href = f", x{fmt(ratio(d, h['server_cpu_us']), 2)} of h2o's cpu per request" if h else ""
+            print(f"wiping on its own at -c {c}: {d:+.1f} us cpu per request (median over rounds of "
+                  f"llmrelay - llmrelay-nowipe; {fmt(100.0 * d / w['server_cpu_us'], 0)}% of llmrelay's{href})")
     d = med.get(("direct", 1))
     if d and d["p50_us"] is not None:
         for t in ("llmrelay", "h2o"):
