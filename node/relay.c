@@ -93,7 +93,8 @@ struct relay {
     wipe_buf_t body;   /* request body as sent upstream */
     char *url;
     upstream_t *up;    /* NULL once the upstream request is over */
-    bool start_pending; /* the upstream request starts on the next loop iteration */
+    bool start_pending; /* the upstream request starts at the end of this loop iteration */
+    relay_t *start_next; /* on the worker's queue of relays to start */
     bool request_sent;  /* the request is about to leave (or has left) for the upstream */
     bool upstream_over;
     int error; /* the upstream request's end: 0 or a negative errno (upstream.h) */
@@ -760,7 +761,46 @@ static void relay_fail(relay_t *r, int status, const char *code, const char *mes
 }
 
 static void begin_upstream(relay_t *r);
+static void queue_start(relay_t *r);
 static void relay_admitted(relay_t *r, const quota_decision_t *d);
+/* The worker's queue of relays whose upstream request starts in the check phase of this
+ * loop iteration: after the poll phase, so every frame read in it (a reset of the same
+ * stream included) has been handled; before the closing phase, so a relay that was given
+ * up meanwhile (start_pending cleared) is still in memory when the queue is drained. One
+ * check handle per worker, created on first use, unreferenced (it never keeps the loop
+ * alive). */
+static void on_start_check(uv_check_t *h)
+{
+    worker_t *w = h->data;
+    relay_t *r = w->start_head;
+    w->start_head = w->start_tail = NULL;
+    while (r != NULL) {
+        relay_t *next = r->start_next;
+        r->start_next = NULL;
+        if (r->start_pending)
+            begin_upstream(r);
+        r = next;
+    }
+}
+
+static void queue_start(relay_t *r)
+{
+    worker_t *w = r->worker;
+    if (!w->start_check_ready) {
+        uv_check_init(&w->loop, &w->start_check);
+        w->start_check.data = w;
+        uv_check_start(&w->start_check, on_start_check);
+        uv_unref((uv_handle_t *)&w->start_check);
+        w->start_check_ready = true;
+    }
+    r->start_next = NULL;
+    if (w->start_tail != NULL)
+        w->start_tail->start_next = r;
+    else
+        w->start_head = r;
+    w->start_tail = r;
+}
+
 static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d);
 
 static void on_timer(uv_timer_t *t)
@@ -768,10 +808,6 @@ static void on_timer(uv_timer_t *t)
     relay_t *r = t->data;
     const llmrelay_config_t *cfg = r->worker->server->cfg;
     uint64_t now = uv_now(&r->worker->loop), next;
-    if (r->start_pending) {
-        begin_upstream(r);
-        return;
-    }
     if (r->waiting_quota) {
         meter_cancel_wait(&r->waiter);
         r->waiting_quota = false;
@@ -1032,11 +1068,11 @@ static void relay_admitted(relay_t *r, const quota_decision_t *d)
                    ret == -EINVAL ? err : "The relay is out of memory.");
         return;
     }
-    /* The upstream request starts on the next loop iteration: a stream the client resets
-     * in the same packet (HTTP/2 Rapid Reset) is gone by then and costs the upstream
-     * nothing. */
+    /* The upstream request starts once this loop iteration has read everything it polled
+     * (the worker's check handle): a stream the client resets in the same packet (HTTP/2
+     * Rapid Reset) is gone by then and costs the upstream nothing. */
     r->start_pending = true;
-    uv_timer_start(&r->timer, on_timer, 0, 0);
+    queue_start(r);
 }
 
 
@@ -1048,8 +1084,8 @@ static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d)
     relay_admitted(r, d);
 }
 
-/* Starts the upstream request (from the relay's timer, one loop iteration after the
- * request arrived). */
+/* Starts the upstream request (from the worker's check handle, after the loop iteration's
+ * I/O in which the request was admitted). */
 static void begin_upstream(relay_t *r)
 {
     r->start_pending = false;

@@ -61,6 +61,9 @@ typedef struct worker {
     struct meter_worker *meter; /* metering.c's lessees of this worker */
     struct relay *relay_cache;  /* relay.c's finished relays, kept for reuse */
     unsigned relay_cache_n;
+    struct relay *start_head, *start_tail; /* relay.c's relays to start in the check phase */
+    uv_check_t start_check;
+    bool start_check_ready;
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
     uv_timer_t log_flush; /* writes the batched metadata lines every 50 ms */
