@@ -12,7 +12,9 @@
  * In-flight requests live in small open-addressing hash tables keyed by the 64-bit hash of
  * the request id (linear probing, backward-shift deletion, grown on demand up to the
  * configured bound). Recently settled ids live in a ring (grown on demand, aged out), which
- * is what makes finals idempotent once their reservation is gone.
+ * is what makes finals idempotent once their reservation is gone. A lessee also queues the
+ * keys of its entries with unreported changes (each once: the entry's dirty flag), so a
+ * report costs what it carries, not a scan of the table.
  *
  * Rate windows are two counters per limit (previous and current fixed window); the
  * retry-after arithmetic is exact in integer milliseconds: at now + retry_after the request
@@ -22,6 +24,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -415,6 +418,57 @@ static void tab_free(inflight_table_t *t)
 {
     free(t->slots);
     memset(t, 0, sizeof(*t));
+}
+
+/* Lessee side: the keys of the dirty entries, oldest change first, each key once (an entry
+ * is queued when it turns dirty and leaves the queue when reported). Keys rather than slots
+ * or pointers: entries move in the table on removal and growth. Each key once, so the queue
+ * never holds more than the table's entries; the lessee grows it before an insert, so a
+ * push cannot fail. */
+typedef struct key_queue {
+    uint64_t *keys;
+    uint32_t cap, head, count; /* cap: power of two */
+} key_queue_t;
+
+static int kq_reserve(key_queue_t *q, uint32_t need)
+{
+    if (need <= q->cap)
+        return 0;
+    uint32_t ncap = q->cap ? q->cap : 16;
+    while (ncap < need)
+        ncap *= 2;
+    uint64_t *keys = malloc(sizeof(uint64_t) * ncap);
+    if (!keys)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < q->count; i++)
+        keys[i] = q->keys[(q->head + i) & (q->cap - 1)];
+    free(q->keys);
+    q->keys = keys;
+    q->cap = ncap;
+    q->head = 0;
+    return 0;
+}
+
+static void kq_push(key_queue_t *q, uint64_t key)
+{
+    assert(q->count < q->cap);
+    q->keys[(q->head + q->count) & (q->cap - 1)] = key;
+    q->count++;
+}
+
+static uint64_t kq_pop(key_queue_t *q)
+{
+    assert(q->count > 0);
+    uint64_t key = q->keys[q->head];
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+    return key;
+}
+
+static void kq_free(key_queue_t *q)
+{
+    free(q->keys);
+    memset(q, 0, sizeof(*q));
 }
 
 /* ---------------------------------------------------------------- owner */
@@ -1001,6 +1055,7 @@ struct quota_lessee {
     int64_t ret_req, ret_tok; /* unused rate slice of an older window, to give back */
     uint64_t ret_window;
     inflight_table_t inflight;
+    key_queue_t dirty; /* keys of the inflight entries to report */
     /* demand of WAITs since the last ask */
     quota_usage_t pend, pend_max;
     int64_t pend_req;
@@ -1041,7 +1096,18 @@ void quota_lessee_free(quota_lessee_t *l)
     if (!l)
         return;
     tab_free(&l->inflight);
+    kq_free(&l->dirty);
     free(l);
+}
+
+/* The entry has a change to report: queued unless already waiting (then the report carries
+ * its latest state once). */
+static void lessee_mark_dirty(quota_lessee_t *l, inflight_t *e)
+{
+    if (e->dirty)
+        return;
+    e->dirty = true;
+    kq_push(&l->dirty, e->key);
 }
 
 uint32_t quota_lessee_id(const quota_lessee_t *l)
@@ -1104,7 +1170,10 @@ quota_decision_t quota_lessee_reserve(quota_lessee_t *l, uint64_t now_ms, const 
         d.reason = QUOTA_REASON_BUSY;
         d.retry_after_ms = RESERVED_RETRY_MS;
     } else if (lease_fits(l, now_ms, worst)) {
-        inflight_t *e = tab_insert(&l->inflight, key, l->cfg.max_inflight);
+        /* room in the dirty queue first, for every entry the table may then hold */
+        inflight_t *e = kq_reserve(&l->dirty, l->inflight.count + 1) == 0
+                            ? tab_insert(&l->inflight, key, l->cfg.max_inflight)
+                            : NULL;
         if (!e) {
             d.kind = QUOTA_RATE_LIMITED;
             d.reason = QUOTA_REASON_BUSY;
@@ -1121,7 +1190,7 @@ quota_decision_t quota_lessee_reserve(quota_lessee_t *l, uint64_t now_ms, const 
             e->worst = worst;
             e->window_id = l->rate_window;
             e->epoch = l->epoch;
-            e->dirty = true; /* the admission is reported, so the owner can bill it if we vanish */
+            lessee_mark_dirty(l, e); /* the admission is reported, so the owner can bill it if we vanish */
             l->fc_cur.tokens += worst.tokens;
             l->fc_cur.nanousd += worst.nanousd;
             l->fc_cur_req++;
@@ -1153,7 +1222,7 @@ int quota_lessee_settle(quota_lessee_t *l, uint64_t now_ms, const char *request_
     if (e->final)
         return 1;
     e->usage = actual;
-    e->dirty = true;
+    lessee_mark_dirty(l, e);
     if (!final)
         return 0;
     e->final = true;
@@ -1166,22 +1235,27 @@ int quota_lessee_settle(quota_lessee_t *l, uint64_t now_ms, const char *request_
 
 int quota_lessee_take_report(quota_lessee_t *l, uint64_t now_ms, quota_report_t *out)
 {
-    memset(out, 0, sizeof(*out));
+    /* everything but the entries, then only the entries written: nothing reads past
+     * n_entries, and zeroing all QUOTA_REPORT_MAX of them cost more than a busy report */
+    size_t tail = offsetof(quota_report_t, entries) + sizeof(out->entries);
+    memset(out, 0, offsetof(quota_report_t, entries));
+    memset((char *)out + tail, 0, sizeof(*out) - tail);
     out->epoch = l->epoch;
     fc_roll(l, now_ms);
 
-    /* settles: admissions, partials, finals (finals leave the table once reported) */
-    uint64_t done[QUOTA_REPORT_MAX];
-    uint32_t n_done = 0;
-    for (uint32_t i = 0; i < l->inflight.cap; i++) {
-        inflight_t *e = &l->inflight.slots[i];
-        if (e->key == 0 || !e->dirty)
-            continue;
+    /* settles: admissions, partials, finals (finals leave the table once reported); what
+     * does not fit stays queued, in order, for the next report */
+    while (l->dirty.count > 0) {
         if (out->n_entries == QUOTA_REPORT_MAX) {
             out->more = true;
             break;
         }
+        inflight_t *e = tab_find(&l->inflight, kq_pop(&l->dirty));
+        assert(e != NULL && e->dirty); /* queued = dirty, and dirty entries stay until reported */
+        if (e == NULL || !e->dirty)
+            continue;
         quota_settle_entry_t *s = &out->entries[out->n_entries++];
+        memset(s, 0, sizeof(*s));
         s->request_key = e->key;
         s->worst = e->worst;
         s->usage = e->usage;
@@ -1189,10 +1263,8 @@ int quota_lessee_take_report(quota_lessee_t *l, uint64_t now_ms, quota_report_t 
         s->final = e->final;
         e->dirty = false;
         if (e->final)
-            done[n_done++] = e->key;
+            tab_remove(&l->inflight, e);
     }
-    for (uint32_t i = 0; i < n_done; i++)
-        tab_remove(&l->inflight, tab_find(&l->inflight, done[i]));
 
     /* give back free allowance */
     bool expired = now_ms >= l->deadline_ms;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "node/quota.h"
@@ -1123,6 +1124,412 @@ static void test_rate_overshoot_leases(void **state)
     free(amounts);
 }
 
+/* ------------------------------------------------------------------ report batching */
+
+/* A model of one lessee's reporting: every request's current usage, whether a change (its
+ * admission, a partial, its final) is still unreported, and the serial of the last report
+ * that carried it. rm_take checks each report against it: exactly min(unreported, MAX)
+ * entries, `more` iff some are left, each entry an unreported request carried once, with
+ * its current usage, a final leaving the table once reported. The reports are applied to an
+ * owner, whose billing must come out exact. */
+#define RM_MAX 16384
+#define RM_MAP (2 * RM_MAX)
+
+typedef struct rmodel {
+    world_t w;
+    int n;
+    char (*id)[16];
+    uint64_t *key;
+    quota_usage_t *worst, *usage;
+    int *state; /* 1 in flight, 2 final settled (not yet reported), 3 final reported */
+    bool *dirty;
+    uint32_t *seen; /* serial of the last report that carried it */
+    int32_t *map;   /* key -> index + 1, open addressing */
+    uint32_t serial;
+    int *live; /* indices in state 1 */
+    int n_live;
+    int64_t billed;
+    uint64_t reports, entries;
+    uint32_t max_unreported, max_in_table;
+} rmodel_t;
+
+static void rm_init(rmodel_t *m, uint32_t max_inflight)
+{
+    memset(m, 0, sizeof(*m));
+    quota_config_t cfg;
+    quota_config_default(&cfg);
+    cfg.max_inflight = max_inflight;
+    quota_limits_t lim = {0};
+    world_init(&m->w, &cfg, &lim, 1);
+    m->id = calloc(RM_MAX, sizeof(*m->id));
+    m->key = calloc(RM_MAX, sizeof(uint64_t));
+    m->worst = calloc(RM_MAX, sizeof(quota_usage_t));
+    m->usage = calloc(RM_MAX, sizeof(quota_usage_t));
+    m->state = calloc(RM_MAX, sizeof(int));
+    m->dirty = calloc(RM_MAX, sizeof(bool));
+    m->seen = calloc(RM_MAX, sizeof(uint32_t));
+    m->map = calloc(RM_MAP, sizeof(int32_t));
+    m->live = calloc(RM_MAX, sizeof(int));
+}
+
+static void rm_free(rmodel_t *m)
+{
+    world_free(&m->w);
+    free(m->id);
+    free(m->key);
+    free(m->worst);
+    free(m->usage);
+    free(m->state);
+    free(m->dirty);
+    free(m->seen);
+    free(m->map);
+    free(m->live);
+}
+
+static int rm_find(const rmodel_t *m, uint64_t key)
+{
+    for (uint32_t i = (uint32_t)key & (RM_MAP - 1);; i = (i + 1) & (RM_MAP - 1)) {
+        if (m->map[i] == 0)
+            return -1;
+        if (m->key[m->map[i] - 1] == key)
+            return m->map[i] - 1;
+    }
+}
+
+static uint32_t rm_unreported(const rmodel_t *m)
+{
+    uint32_t n = 0;
+    for (int i = 0; i < m->n; i++)
+        n += m->dirty[i] ? 1u : 0u;
+    return n;
+}
+
+/* One checked report, applied to the owner. Returns its `more`. */
+static bool rm_take(rmodel_t *m)
+{
+    uint32_t dirty = rm_unreported(m);
+    if (dirty > m->max_unreported)
+        m->max_unreported = dirty;
+    uint32_t before = quota_lessee_inflight(m->w.l[0]);
+    if (before > m->max_in_table)
+        m->max_in_table = before;
+    int rc = quota_lessee_take_report(m->w.l[0], m->w.now, &g_rep);
+    m->serial++;
+    uint32_t expect = dirty < QUOTA_REPORT_MAX ? dirty : QUOTA_REPORT_MAX;
+    assert_int_equal(g_rep.n_entries, expect);
+    assert_int_equal(g_rep.more, dirty > QUOTA_REPORT_MAX);
+    if (expect > 0)
+        assert_int_equal(rc, 1);
+    for (uint32_t k = 0; k < g_rep.n_entries; k++) {
+        const quota_settle_entry_t *s = &g_rep.entries[k];
+        int i = rm_find(m, s->request_key);
+        assert_true(i >= 0);
+        assert_true(m->dirty[i]);                    /* only what changed since its last report */
+        assert_int_not_equal(m->seen[i], m->serial); /* once per report */
+        m->seen[i] = m->serial;
+        assert_int_equal(s->worst.tokens, m->worst[i].tokens);
+        assert_int_equal(s->worst.nanousd, m->worst[i].nanousd);
+        assert_int_equal(s->usage.tokens, m->usage[i].tokens); /* the latest settle */
+        assert_int_equal(s->usage.nanousd, m->usage[i].nanousd);
+        assert_int_equal(s->final, m->state[i] == 2);
+        m->dirty[i] = false;
+        if (s->final) {
+            m->state[i] = 3;
+            m->billed += s->usage.tokens;
+        }
+    }
+    uint32_t in_table = 0;
+    for (int i = 0; i < m->n; i++)
+        in_table += m->state[i] == 1 || m->state[i] == 2 ? 1u : 0u;
+    assert_int_equal(quota_lessee_inflight(m->w.l[0]), in_table);
+    if (rc == 1) {
+        m->reports++;
+        m->entries += g_rep.n_entries;
+        quota_lease_t ans;
+        if (quota_owner_apply_report(m->w.o, m->w.now, m->w.ids[0], &g_rep, &ans))
+            quota_lessee_apply_grant(m->w.l[0], m->w.now, &ans);
+    }
+    return g_rep.more;
+}
+
+/* Reports until nothing is left; returns how many were taken. */
+static int rm_drain(rmodel_t *m)
+{
+    int n = 1;
+    while (rm_take(m))
+        n++;
+    assert_int_equal(rm_unreported(m), 0);
+    return n;
+}
+
+static int rm_admit(rmodel_t *m)
+{
+    assert_true(m->n < RM_MAX);
+    int i = m->n++;
+    snprintf(m->id[i], sizeof(m->id[i]), "m%d", i);
+    m->key[i] = quota_request_key(m->id[i]);
+    uint32_t at = (uint32_t)m->key[i] & (RM_MAP - 1);
+    while (m->map[at] != 0)
+        at = (at + 1) & (RM_MAP - 1);
+    m->map[at] = i + 1;
+    int64_t t = rnd_in(100, 4000);
+    m->worst[i] = U(t, t * 3);
+    quota_decision_t d = quota_lessee_reserve(m->w.l[0], m->w.now, m->id[i], m->worst[i]);
+    if (d.kind == QUOTA_WAIT) { /* no lease (yet, or any more): ask */
+        rm_drain(m);
+        d = quota_lessee_reserve(m->w.l[0], m->w.now, m->id[i], m->worst[i]);
+    }
+    assert_int_equal(d.kind, QUOTA_ADMIT);
+    m->state[i] = 1;
+    m->dirty[i] = true; /* the admission is reported */
+    m->live[m->n_live++] = i;
+    return i;
+}
+
+/* A partial (final=false) or the final of the live request live[li]. */
+static void rm_settle(rmodel_t *m, int li, bool final)
+{
+    int i = m->live[li];
+    quota_usage_t u =
+        U(rnd_in(m->usage[i].tokens, m->worst[i].tokens), rnd_in(m->usage[i].nanousd, m->worst[i].nanousd));
+    assert_int_equal(quota_lessee_settle(m->w.l[0], m->w.now, m->id[i], u, final), 0);
+    m->usage[i] = u;
+    m->dirty[i] = true;
+    if (final) {
+        m->state[i] = 2;
+        m->live[li] = m->live[--m->n_live];
+    }
+}
+
+static int rm_live_index(const rmodel_t *m, int i)
+{
+    for (int li = 0; li < m->n_live; li++)
+        if (m->live[li] == i)
+            return li;
+    return -1;
+}
+
+static void rm_finish(rmodel_t *m)
+{
+    while (m->n_live > 0)
+        rm_settle(m, m->n_live - 1, true);
+    rm_drain(m);
+    assert_int_equal(quota_lessee_inflight(m->w.l[0]), 0);
+    quota_owner_stat_t st;
+    quota_owner_stat(m->w.o, &st);
+    assert_int_equal(st.spent.tokens, m->billed); /* every final billed exactly once */
+    assert_int_equal(st.spent_requests, m->n);
+    assert_int_equal(st.inflight, 0);
+    assert_int_equal(st.dup_settles, 0);
+    assert_int_equal(quota_owner_check(m->w.o), 0);
+}
+
+/* More changes than fit in a report: several reports, each change reported exactly once. */
+static void test_report_over_max(void **state)
+{
+    (void)state;
+    rng_seed(101);
+    static rmodel_t m;
+    rm_init(&m, 1024);
+    for (int i = 0; i < 1000; i++)
+        rm_admit(&m);
+    assert_int_equal(rm_drain(&m), 8); /* 7 * 128 + 104 admissions */
+    for (int li = m.n_live - 1; li >= 0; li--)
+        rm_settle(&m, li, true);
+    assert_int_equal(rm_drain(&m), 8); /* the finals, which then leave the table */
+    assert_int_equal(quota_lessee_inflight(m.w.l[0]), 0);
+    /* exactly QUOTA_REPORT_MAX: one report, no `more` */
+    for (int i = 0; i < (int)QUOTA_REPORT_MAX; i++)
+        rm_admit(&m);
+    assert_int_equal(rm_drain(&m), 1);
+    rm_finish(&m);
+    rm_free(&m);
+}
+
+/* A change to a request whose previous change is not reported yet: one entry, latest usage. */
+static void test_report_redirty(void **state)
+{
+    (void)state;
+    rng_seed(102);
+    static rmodel_t m;
+    rm_init(&m, 1024);
+    int a = rm_admit(&m);
+    rm_settle(&m, rm_live_index(&m, a), false);
+    rm_settle(&m, rm_live_index(&m, a), false);
+    rm_take(&m);
+    assert_int_equal(g_rep.n_entries, 1);
+    rm_settle(&m, rm_live_index(&m, a), false);
+    rm_settle(&m, rm_live_index(&m, a), true);
+    assert_int_equal(quota_lessee_settle(m.w.l[0], m.w.now, m.id[a], U(1, 0), true), 1); /* not reported yet */
+    rm_take(&m);
+    assert_int_equal(g_rep.n_entries, 1);
+    assert_true(g_rep.entries[0].final);
+    assert_int_equal(quota_lessee_settle(m.w.l[0], m.w.now, m.id[a], U(1, 0), false), -ENOENT);
+    /* across the cut-off: 300 admitted, one report taken, then every one re-dirtied - those
+     * already reported and those still waiting alike */
+    for (int i = 0; i < 300; i++)
+        rm_admit(&m);
+    assert_true(rm_take(&m));
+    for (int round = 0; round < 3; round++)
+        for (int li = 0; li < m.n_live; li++)
+            rm_settle(&m, li, false);
+    assert_int_equal(rm_unreported(&m), 300);
+    assert_int_equal(rm_drain(&m), 3);
+    rm_finish(&m);
+    rm_free(&m);
+}
+
+/* Entries move in the open-addressing table while their changes wait for a report: finals
+ * leaving it (backward-shift deletion) and the table growing (rehash). */
+static void test_report_moves_while_queued(void **state)
+{
+    (void)state;
+    rng_seed(103);
+    static rmodel_t m;
+    rm_init(&m, 4096);
+    for (int i = 0; i < 400; i++)
+        rm_admit(&m);
+    rm_drain(&m);
+    /* finals and partials interleaved: each report removes finals around waiting partials */
+    for (int li = m.n_live - 1; li >= 0; li--)
+        rm_settle(&m, li, li % 2 == 0);
+    assert_true(rm_take(&m));
+    for (int li = 0; li < m.n_live; li++) /* re-dirty the partials, reported or not */
+        rm_settle(&m, li, false);
+    assert_true(rm_take(&m));
+    /* growth from 1024 to 4096 slots while changes wait */
+    for (int i = 0; i < 1800; i++) {
+        rm_admit(&m);
+        if (i % 500 == 0)
+            rm_take(&m);
+    }
+    for (int li = 0; li < m.n_live; li += 3)
+        rm_settle(&m, li, li % 2 == 0);
+    rm_drain(&m);
+    /* removal of everything reported leaves the queue consistent for what comes next */
+    for (int li = m.n_live - 1; li >= 0; li--)
+        rm_settle(&m, li, true);
+    rm_take(&m);
+    for (int i = 0; i < 50; i++)
+        rm_admit(&m);
+    rm_finish(&m);
+    rm_free(&m);
+}
+
+/* Random admissions, partials, finals, duplicate finals and reports, in phases that let the
+ * unreported changes pile up (and the table grow) or drain (and the table empty). */
+static void test_report_random(void **state)
+{
+    (void)state;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        rng_seed(seed * 104729);
+        static rmodel_t m;
+        rm_init(&m, 2048);
+        for (int step = 0; step < 20000 && m.n < RM_MAX - 1; step++) {
+            m.w.now += (uint64_t)rnd_in(0, 2); /* leases expire now and then: WAIT, ask */
+            bool grow = (step / 2500) % 2 == 0;
+            int take_every = (step / 1250) % 2 == 0 ? 400 : 15;
+            int op = (int)rnd_in(0, 99);
+            if (op < (grow ? 50 : 15)) {
+                if (m.n_live < 2000)
+                    rm_admit(&m);
+            } else if (op < 70) {
+                if (m.n_live > 0)
+                    rm_settle(&m, (int)rnd_in(0, m.n_live - 1), op >= (grow ? 62 : 40));
+            } else if (op < 75) {
+                int i = (int)rnd_in(0, m.n > 0 ? m.n - 1 : 0);
+                if (m.n > 0 && m.state[i] >= 2) { /* a second final: no new change */
+                    int rc = quota_lessee_settle(m.w.l[0], m.w.now, m.id[i], U(0, 0), true);
+                    assert_int_equal(rc, m.state[i] == 2 ? 1 : -ENOENT);
+                }
+            } else if (rnd_in(0, take_every) < 25) {
+                rm_take(&m);
+            }
+        }
+        rm_finish(&m);
+        print_message("report model seed %llu: %d requests, %llu reports, %llu entries, up to %u changes waiting "
+                      "and %u requests in the table\n",
+                      (unsigned long long)seed, m.n, (unsigned long long)m.reports, (unsigned long long)m.entries,
+                      m.max_unreported, m.max_in_table);
+        rm_free(&m);
+    }
+}
+
+/* Cost of quota_lessee_take_report with 256 requests in flight (printed, not asserted): busy,
+ * as metering drives it (a report per 128 settles: 128 finals + 128 admissions, two reports),
+ * and idle (the 100 ms tick with nothing to report). In the table of 1024 slots that the 384
+ * entries before a report need (finals stay until reported), and in the 2048 slots left by
+ * an earlier peak of 1024 in flight. */
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static void bench_report(int peak, int slots)
+{
+    enum { INFLIGHT = 256, BATCH = 128, CYCLES = 2000, IDLE = 100000 };
+    quota_config_t cfg;
+    quota_config_default(&cfg);
+    cfg.max_inflight = QUOTA_MAX_INFLIGHT;
+    quota_limits_t lim = {0};
+    world_t w;
+    world_init(&w, &cfg, &lim, 1);
+    quota_lessee_t *l = w.l[0];
+    static char ids[8192][16];
+    int next = 0, oldest;
+    for (int i = 0; i < peak; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "p%d", i);
+        admit_now(&w, 0, ids[i], U(100, 0));
+    }
+    for (int i = 0; i < peak; i++)
+        quota_lessee_settle(l, w.now, ids[i], U(50, 0), true);
+    while (quota_lessee_take_report(l, w.now, &g_rep) && g_rep.more)
+        ;
+    for (int i = 0; i < INFLIGHT; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "b%d", next++);
+        admit_now(&w, 0, ids[i], U(100, 0));
+    }
+    while (quota_lessee_take_report(l, w.now, &g_rep) && g_rep.more)
+        ;
+    oldest = 0;
+    double busy_ns = 0;
+    long busy_calls = 0;
+    for (int c = 0; c < CYCLES; c++) {
+        for (int k = 0; k < BATCH; k++) {
+            int slot = (oldest + k) % INFLIGHT;
+            assert_int_equal(quota_lessee_settle(l, w.now, ids[slot], U(50, 0), true), 0);
+            snprintf(ids[slot], sizeof(ids[slot]), "b%d", next++);
+            assert_int_equal(quota_lessee_reserve(l, w.now, ids[slot], U(100, 0)).kind, QUOTA_ADMIT);
+        }
+        oldest = (oldest + BATCH) % INFLIGHT;
+        double t0 = now_ns();
+        int more;
+        do {
+            quota_lessee_take_report(l, w.now, &g_rep);
+            more = g_rep.more;
+            busy_calls++;
+        } while (more);
+        busy_ns += now_ns() - t0;
+    }
+    assert_int_equal(quota_lessee_inflight(l), INFLIGHT);
+    double t0 = now_ns();
+    for (int i = 0; i < IDLE; i++)
+        quota_lessee_take_report(l, w.now, &g_rep);
+    double idle_ns = (now_ns() - t0) / IDLE;
+    print_message("take_report, %d in flight, %d-slot table: busy %.0f ns/report (%ld reports), idle %.0f ns/report\n",
+                  INFLIGHT, slots, busy_ns / (double)busy_calls, busy_calls, idle_ns);
+    world_free(&w);
+}
+
+static void test_report_cost(void **state)
+{
+    (void)state;
+    bench_report(0, 1024);
+    bench_report(1024, 2048);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1142,6 +1549,11 @@ int main(void)
         cmocka_unit_test(test_sim_random),
         cmocka_unit_test(test_rate_overshoot_owner),
         cmocka_unit_test(test_rate_overshoot_leases),
+        cmocka_unit_test(test_report_over_max),
+        cmocka_unit_test(test_report_redirty),
+        cmocka_unit_test(test_report_moves_while_queued),
+        cmocka_unit_test(test_report_random),
+        cmocka_unit_test(test_report_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
