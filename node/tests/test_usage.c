@@ -323,6 +323,28 @@ static void test_tokenizer_edges(void **state)
         assert_int_equal(scan(bad[i], strlen(bad[i]), 1, &u, NULL), -EINVAL);
         assert_int_equal(usage_scan_chunk((const uint8_t *)bad[i], strlen(bad[i]), &ch), -EINVAL);
     }
+    /* numbers of up to 64 characters, read in place, cut anywhere, or ending the input */
+    for (int len = 62; len <= 66; len++) {
+        char num[80], doc[128];
+        num[0] = '-';
+        memset(num + 1, '9', (size_t)len - 1);
+        num[len] = 0;
+        int dlen = snprintf(doc, sizeof(doc), "{\"usage\":{\"total_tokens\":%s,\"prompt_tokens\":2}}", num);
+        int want = len <= 64 ? 0 : -EINVAL;
+        for (size_t step = 0; step < 4; step++) {
+            assert_int_equal(scan(doc, (size_t)dlen, step, &u, NULL), want);
+            assert_int_equal(u.found, want == 0);
+            assert_int_equal(scan(num, (size_t)len, step, &u, NULL), want);
+        }
+        for (int cut = 1; cut < dlen; cut++) {
+            usage_scan_t *sc;
+            assert_int_equal(usage_scan_init(&sc), 0);
+            usage_scan_feed(sc, (const uint8_t *)doc, (size_t)cut);
+            usage_scan_feed(sc, (const uint8_t *)doc + cut, (size_t)(dlen - cut));
+            assert_int_equal(usage_scan_finish(sc, &u), want);
+            usage_scan_free(sc);
+        }
+    }
     /* exactly USAGE_MAX_DEPTH levels are fine, one more is not */
     static char deep[2 * USAGE_MAX_DEPTH + 8];
     for (int extra = 0; extra < 2; extra++) {
@@ -335,8 +357,70 @@ static void test_tokenizer_edges(void **state)
     }
 }
 
-/* Differential check against yajl (what the scanner replaced): mutated bodies, fed in random
- * pieces, are valid for one exactly when valid for the other. */
+/* Strings of every length up to 48 with one special byte at every place: the word-at-a-time
+ * search must stop at it wherever it falls, fed whole and cut everywhere. */
+static void test_string_scan(void **state)
+{
+    (void)state;
+    struct {
+        const char *ins; /* inserted at the place */
+        int rc;
+        size_t decoded;
+    } cases[] = {
+        {"", 0, 0},
+        {"\\n", 0, 1},
+        {"\\\"", 0, 1},
+        {"\\u00e9", 0, 2},
+        {"\\ud83d\\ude00", 0, 4},
+        {"\x7f", 0, 1},
+        {"\x80\xff", 0, 2},
+        {"\x1f", -EINVAL, 0},
+        {"\x01", -EINVAL, 0},
+        {"\\q", -EINVAL, 0},
+        {"\\ud800", 0, 1}, /* a lone high surrogate: "?" */
+        {"\\ud800\\n", 0, 2},
+        {"\\ud800\\u0041", 0, 4}, /* a high surrogate and any \uXXXX: one 4-byte code */
+        {"\"", -EINVAL, 0},       /* ends the string early: what follows is not JSON */
+    };
+    char body[256];
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        for (size_t len = 0; len <= 48; len++) {
+            for (size_t at = 0; at <= len; at++) {
+                char text[128];
+                memset(text, 'a', at);
+                size_t n = at;
+                n += (size_t)sprintf(text + n, "%s", cases[c].ins);
+                memset(text + n, 'b', len - at);
+                text[n + len - at] = 0;
+                int blen = snprintf(body, sizeof(body),
+                                    "{\"choices\":[{\"text\":\"%s\"}],\"usage\":{\"prompt_tokens\":3}}", text);
+                usage_t u;
+                size_t content;
+                size_t steps[] = {0, 1, 5, 16};
+                for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+                    int rc = scan(body, (size_t)blen, steps[s], &u, &content);
+                    if (rc != cases[c].rc || (rc == 0 && (content != len + cases[c].decoded || !u.found)))
+                        fail_msg("case %zu len %zu at %zu step %zu: rc %d content %zu", c, len, at, steps[s], rc,
+                                 content);
+                }
+                for (int cut = 1; cut < blen && cases[c].rc == 0; cut++) {
+                    usage_scan_t *sc;
+                    assert_int_equal(usage_scan_init(&sc), 0);
+                    assert_int_equal(usage_scan_feed(sc, (const uint8_t *)body, (size_t)cut), 0);
+                    assert_int_equal(usage_scan_feed(sc, (const uint8_t *)body + cut, (size_t)(blen - cut)), 0);
+                    assert_int_equal(usage_scan_finish(sc, &u), 0);
+                    assert_int_equal(usage_scan_content_bytes(sc), len + cases[c].decoded);
+                    usage_scan_free(sc);
+                }
+            }
+        }
+    }
+}
+
+/* Differential check against yajl (what the scanner replaced): mutated bodies are valid for one
+ * exactly when valid for the other. Each is also fed in random pieces (empty ones too, at times
+ * byte by byte) and as one SSE event: usage, content bytes and result must not depend on
+ * where the feeds are cut (whole tokens take the scanner's fast path, cut ones its slow path). */
 static bool yajl_valid(const uint8_t *s, size_t n)
 {
     static const yajl_callbacks none;
@@ -348,22 +432,67 @@ static bool yajl_valid(const uint8_t *s, size_t n)
     return ok;
 }
 
+static bool usage_eq(const usage_t *a, const usage_t *b)
+{
+    return a->found == b->found && a->input_tokens == b->input_tokens &&
+           a->cached_input_tokens == b->cached_input_tokens && a->output_tokens == b->output_tokens &&
+           a->reasoning_tokens == b->reasoning_tokens;
+}
+
+/* Feeds buf[0, n) cut at the ncuts (sorted) offsets in cuts, each piece in its own block. */
+static int scan_cut(const uint8_t *buf, size_t n, const size_t *cuts, size_t ncuts, usage_t *u, size_t *content)
+{
+    usage_scan_t *sc;
+    assert_int_equal(usage_scan_init(&sc), 0);
+    int rc = 0;
+    size_t off = 0;
+    for (size_t i = 0; i <= ncuts; i++) {
+        size_t to = i < ncuts ? cuts[i] : n;
+        uint8_t *piece = malloc(to - off + 1);
+        assert_non_null(piece);
+        memcpy(piece, buf + off, to - off);
+        int fr = usage_scan_feed(sc, piece, to - off);
+        free(piece);
+        if (rc == 0)
+            rc = fr;
+        else
+            assert_int_equal(fr, rc); /* once invalid, always */
+        off = to;
+    }
+    int fr = usage_scan_finish(sc, u);
+    if (rc == 0)
+        rc = fr;
+    *content = usage_scan_content_bytes(sc);
+    usage_scan_free(sc);
+    return rc;
+}
+
 static void test_against_yajl(void **state)
 {
     (void)state;
-    const char *bodies[] = {chat_body, completions_body, embeddings_body, responses_body};
-    static const char alphabet[] = "{}[]:,\"\\ 0123456789-+.eEtrufalsn\nu/bx";
+    /* escapes, literals, every number shape, whitespace; a 61-digit count (the 3 edits at most
+     * cannot take it past the 64 characters where the scanner stops following yajl) */
+    const char *esc_body =
+        "{\"choices\":[{\"index\":0,\"message\":{\"content\":\"a\\u00e9\\ud83d\\ude00\\n\\\"\\\\\\/\\b\\f\\r\\tx"
+        "\\u20AC\\ud800y\",\"refusal\":null,\"x\":[true,false,null,-0,0.5,-1.25e+3,2E-2,7e1]}}],\n"
+        "  \"usage\" : {\"prompt_tokens\" :12 , \"completion_tokens\":\t\r\n34,\"prompt_tokens_details\":"
+        "{\"cached_tokens\":1234567890123456789012345678901234567890123456789012345678901}}}\n";
+    const char *bodies[] = {chat_body, completions_body, embeddings_body, responses_body, esc_body};
+    const size_t nbodies = sizeof(bodies) / sizeof(bodies[0]);
+    /* also raw control bytes, DEL and bytes above 0x7f (valid in strings, not elsewhere) */
+    static const uint8_t alphabet[] = "{}[]:,\"\\ 0123456789-+.eEtrufalsn\nu/bxdDAF\t\x01\x1f\x7f\x80\xff";
+    const size_t nalpha = sizeof(alphabet) - 1;
     uint32_t seed = 12345;
 #define RND() (seed = seed * 1103515245u + 12345u, (seed >> 8))
     uint8_t buf[1024];
     for (int iter = 0; iter < 40000; iter++) {
-        const char *b = bodies[iter % 4];
+        const char *b = bodies[iter % nbodies];
         size_t n = strlen(b);
         memcpy(buf, b, n);
         int edits = 1 + (int)(RND() % 3);
         for (int e = 0; e < edits; e++) {
             size_t at = RND() % n;
-            uint8_t c = (uint8_t)alphabet[RND() % (sizeof(alphabet) - 1)];
+            uint8_t c = alphabet[RND() % nalpha];
             switch (RND() % 3) {
             case 0:
                 buf[at] = c;
@@ -382,22 +511,45 @@ static void test_against_yajl(void **state)
             }
         }
         bool want = yajl_valid(buf, n);
-        usage_scan_t *sc;
-        assert_int_equal(usage_scan_init(&sc), 0);
-        size_t cut = n == 0 ? 0 : RND() % n;
-        usage_scan_feed(sc, buf, cut);
-        usage_scan_feed(sc, buf + cut, n - cut);
-        usage_t u;
-        int rc = usage_scan_finish(sc, &u);
-        usage_scan_free(sc);
+        usage_t whole, split;
+        size_t whole_content, split_content;
+        int rc = scan_cut(buf, n, NULL, 0, &whole, &whole_content);
         if ((rc == 0) != want)
             fail_msg("iteration %d: scanner %d, yajl %d: %.*s", iter, rc, want, (int)n, buf);
+
+        size_t cuts[sizeof(buf)];
+        size_t ncuts = 0;
+        if (iter % 16 == 0) {
+            for (size_t i = 1; i < n; i++)
+                cuts[ncuts++] = i;
+        } else {
+            ncuts = 1 + RND() % 8;
+            for (size_t i = 0; i < ncuts; i++) {
+                size_t at = RND() % (n + 1), j = i;
+                for (; j > 0 && cuts[j - 1] > at; j--)
+                    cuts[j] = cuts[j - 1];
+                cuts[j] = at;
+            }
+        }
+        int split_rc = scan_cut(buf, n, cuts, ncuts, &split, &split_content);
+        if (split_rc != rc || !usage_eq(&split, &whole) || split_content != whole_content)
+            fail_msg("iteration %d: cut in %zu pieces: rc %d, found %d, content %zu; whole: rc %d, found %d, "
+                     "content %zu: %.*s",
+                     iter, ncuts + 1, split_rc, split.found, split_content, rc, whole.found, whole_content, (int)n,
+                     buf);
+
+        usage_chunk_t ch;
+        int chunk_rc = usage_scan_chunk(buf, n, &ch);
+        if (chunk_rc != rc || !usage_eq(&ch.usage, &whole) || ch.content_bytes != whole_content)
+            fail_msg("iteration %d: as one event: rc %d, found %d, content %zu: %.*s", iter, chunk_rc, ch.usage.found,
+                     ch.content_bytes, (int)n, buf);
     }
 #undef RND
 }
 
-/* Micro-benchmark (LLMRELAY_BENCH=1 only): µs per ~700-byte chat completion body, fed whole
- * and in 64-byte pieces. */
+/* Micro-benchmark (LLMRELAY_BENCH=1 only): µs per body, fed whole and in 64-byte pieces, for a
+ * ~700-byte chat completion, the ~470-byte answer of the relay benchmark's mock provider, and
+ * 16 KiB answers of one long content string (plain, and with a \n every 60 bytes). */
 static double bench_once(const char *body, size_t len, size_t step, int iters)
 {
     struct timespec t0, t1;
@@ -416,6 +568,20 @@ static double bench_once(const char *body, size_t len, size_t step, int iters)
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     return ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / iters;
+}
+
+static void bench_body(const char *name, const char *body, int iters)
+{
+    size_t len = strlen(body);
+    bench_once(body, len, len, iters / 10); /* warm up */
+    double whole = 1e9, pieces = 1e9;
+    for (int round = 0; round < 5; round++) { /* best of 5: the least disturbed */
+        double w = bench_once(body, len, len, iters / 5);
+        double p = bench_once(body, len, 64, iters / 5);
+        whole = w < whole ? w : whole;
+        pieces = p < pieces ? p : pieces;
+    }
+    print_message("usage_scan: %zu-byte %s: %.3f us whole, %.3f us in 64-byte pieces\n", len, name, whole, pieces);
 }
 
 static void test_bench(void **state)
@@ -438,12 +604,31 @@ static void test_bench(void **state)
                      "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},"
                      "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_fc9f1d7035\"}");
     assert_true(n > 0 && (size_t)n < sizeof(body));
-    size_t len = (size_t)n;
-    int iters = 200000;
-    bench_once(body, len, len, iters / 10); /* warm up */
-    double whole = bench_once(body, len, len, iters);
-    double pieces = bench_once(body, len, 64, iters);
-    print_message("usage_scan: %zu-byte body: %.3f us whole, %.3f us in 64-byte pieces\n", len, whole, pieces);
+    bench_body("chat completion", body, 200000);
+    bench_body("mock chat completion",
+               "{\"id\":\"chatcmpl-mock45551db9fd8933e800000001\",\"object\":\"chat.completion\",\"created\":"
+               "1795417769,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+               "\"content\":\" tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8\",\"refusal\":null},\"logprobs\":null,"
+               "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":236,\"completion_tokens\":8,"
+               "\"total_tokens\":244,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":"
+               "{\"reasoning_tokens\":0}},\"system_fingerprint\":null}",
+               200000);
+    static const char words[] = "The quick brown fox jumps over the lazy dog. ";
+    for (int escapes = 0; escapes < 2; escapes++) {
+        static char big[20000];
+        size_t off = (size_t)sprintf(big, "{\"id\":\"x\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                                          "\"content\":\"");
+        for (int i = 0; i < 16384; i++) {
+            if (escapes && i % 60 == 59) {
+                big[off++] = '\\';
+                big[off++] = 'n';
+            } else {
+                big[off++] = words[i % (sizeof(words) - 1)];
+            }
+        }
+        sprintf(big + off, "\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
+        bench_body(escapes ? "long answer with escapes" : "long answer", big, 10000);
+    }
 }
 
 int main(void)
@@ -452,7 +637,8 @@ int main(void)
         cmocka_unit_test(test_bodies),          cmocka_unit_test(test_bodies_without_usage),
         cmocka_unit_test(test_chat_chunks),     cmocka_unit_test(test_responses_events),
         cmocka_unit_test(test_estimate),        cmocka_unit_test(test_bench),
-        cmocka_unit_test(test_tokenizer_edges), cmocka_unit_test(test_against_yajl),
+        cmocka_unit_test(test_tokenizer_edges), cmocka_unit_test(test_string_scan),
+        cmocka_unit_test(test_against_yajl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
