@@ -94,7 +94,8 @@ struct relay {
     char *url;
     upstream_t *up;    /* NULL once the upstream request is over */
     bool start_pending; /* the upstream request starts at the end of this loop iteration */
-    relay_t *start_next; /* on the worker's queue of relays to start */
+    relay_t *start_next;   /* on the worker's queue of relays to start */
+    relay_t *release_next; /* on the worker's list of finished relays to recycle */
     bool request_sent;  /* the request is about to leave (or has left) for the upstream */
     bool upstream_over;
     int error; /* the upstream request's end: 0 or a negative errno (upstream.h) */
@@ -333,47 +334,92 @@ static void serve_models(worker_t *w, h2o_req_t *req, const snapshot_key_t *key,
 /* ---- the relay's end ----------------------------------------------------------------- */
 
 /* Finished relays are kept on a per-worker list for the next requests (up to
- * RELAY_CACHE_MAX), together with their body buffer when it is small: a relay (1.4 KB) and
- * its body buffer are past the sizes glibc's per-thread cache takes, so each request
- * otherwise paid two trips through the arena's bins. A kept relay is zeroed and its body
- * buffer wiped whole: it holds nothing of the request it served. */
+ * RELAY_CACHE_MAX), together with their timer handle and, when it is small, their body
+ * buffer: a relay (1.4 KB) and its body buffer are past the sizes glibc's per-thread cache
+ * takes, so each request otherwise paid two trips through the arena's bins, and closing
+ * the timer handle cost each request an extra turn of the event loop (libuv polls without
+ * waiting while a handle is closing). A kept relay is zeroed (all but its idle timer
+ * handle) and its body buffer wiped whole: it holds nothing of the request it served. */
 #define RELAY_CACHE_MAX 64
 #define RELAY_CACHE_BODY_MAX (16u << 10)
 
 static relay_t *relay_alloc(worker_t *w)
 {
     relay_t *r = w->relay_cache;
-    if (r == NULL)
-        return calloc(1, sizeof(*r));
+    if (r == NULL) {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+        uv_timer_init(&w->loop, &r->timer);
+        r->timer.data = r;
+        return r;
+    }
     w->relay_cache = r->cache_next;
     w->relay_cache_n--;
     r->cache_next = NULL;
-    return r; /* zero but for body.data and body.cap */
+    return r; /* zero but for its timer handle, body.data and body.cap */
 }
 
 static void on_timer_closed(uv_handle_t *h)
 {
-    relay_t *r = h->data;
+    wipe_free(h->data);
+}
+
+/* Wipes a finished relay and keeps it for reuse, or frees it. */
+static void relay_recycle(relay_t *r)
+{
     worker_t *w = r->worker;
+    bool keep = w->relay_cache_n < RELAY_CACHE_MAX && !w->draining;
     uint8_t *body = r->body.data;
     size_t cap = r->body.cap;
-    if (body != NULL && (cap > RELAY_CACHE_BODY_MAX || w->relay_cache_n >= RELAY_CACHE_MAX)) {
+    if (body != NULL && (!keep || cap > RELAY_CACHE_BODY_MAX)) {
         wipe_buf_free(&r->body);
         body = NULL;
         cap = 0;
     }
-    if (w->relay_cache_n >= RELAY_CACHE_MAX || w->draining) {
-        wipe_free(r);
+    if (!keep) {
+        uv_close((uv_handle_t *)&r->timer, on_timer_closed);
         return;
     }
     if (body != NULL)
         wipe_bytes(body, cap);
-    wipe_bytes(r, sizeof(*r));
+    size_t off = offsetof(relay_t, timer), end = off + sizeof(r->timer);
+    wipe_bytes(r, off);
+    wipe_bytes((char *)r + end, sizeof(*r) - end);
     r->body.data = body;
     r->body.cap = cap;
     r->cache_next = w->relay_cache;
     w->relay_cache = r;
     w->relay_cache_n++;
+}
+
+static void start_queued(worker_t *w);
+
+/* The worker's check handle (libuv's check phase follows the poll phase of every loop
+ * iteration): starts the upstream requests queued in this iteration (queue_start), then
+ * recycles the relays finished in it. A finished relay stays intact until then, because
+ * callers up the stack and the start queue may still look at it. Created on first use,
+ * unreferenced (it never keeps the loop alive). */
+static void on_worker_check(uv_check_t *h)
+{
+    worker_t *w = h->data;
+    start_queued(w);
+    while (w->release_head != NULL) {
+        relay_t *r = w->release_head;
+        w->release_head = r->release_next;
+        relay_recycle(r);
+    }
+}
+
+static void ensure_check(worker_t *w)
+{
+    if (w->start_check_ready)
+        return;
+    uv_check_init(&w->loop, &w->start_check);
+    w->start_check.data = w;
+    uv_check_start(&w->start_check, on_worker_check);
+    uv_unref((uv_handle_t *)&w->start_check);
+    w->start_check_ready = true;
 }
 
 static void relay_maybe_free(relay_t *r)
@@ -383,13 +429,20 @@ static void relay_maybe_free(relay_t *r)
     assert(r->logged);
     wipe_buf_free(&r->pending);
     wipe_buf_free(&r->inflight);
-    wipe_buf_reset(&r->body); /* kept with the relay (on_timer_closed) */
+    wipe_buf_reset(&r->body); /* kept with the relay (relay_recycle) */
     sse_parser_dispose(&r->sse_parser);
     if (r->scan != NULL)
         usage_scan_free(r->scan);
+    r->scan = NULL;
     snapshot_release(r->snap);
+    r->snap = NULL;
     free(r->url);
-    uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+    r->url = NULL;
+    uv_timer_stop(&r->timer);
+    worker_t *w = r->worker;
+    ensure_check(w);
+    r->release_next = w->release_head;
+    w->release_head = r;
 }
 
 /* USD of a usage at the model's price, in nano-USD (0 without a price). Cached input and
@@ -764,14 +817,11 @@ static void begin_upstream(relay_t *r);
 static void queue_start(relay_t *r);
 static void relay_admitted(relay_t *r, const quota_decision_t *d);
 /* The worker's queue of relays whose upstream request starts in the check phase of this
- * loop iteration: after the poll phase, so every frame read in it (a reset of the same
- * stream included) has been handled; before the closing phase, so a relay that was given
- * up meanwhile (start_pending cleared) is still in memory when the queue is drained. One
- * check handle per worker, created on first use, unreferenced (it never keeps the loop
- * alive). */
-static void on_start_check(uv_check_t *h)
+ * loop iteration (on_worker_check): after the poll phase, so every frame read in it (a reset
+ * of the same stream included) has been handled; a relay given up meanwhile
+ * (start_pending cleared) is skipped. */
+static void start_queued(worker_t *w)
 {
-    worker_t *w = h->data;
     relay_t *r = w->start_head;
     w->start_head = w->start_tail = NULL;
     while (r != NULL) {
@@ -786,13 +836,7 @@ static void on_start_check(uv_check_t *h)
 static void queue_start(relay_t *r)
 {
     worker_t *w = r->worker;
-    if (!w->start_check_ready) {
-        uv_check_init(&w->loop, &w->start_check);
-        w->start_check.data = w;
-        uv_check_start(&w->start_check, on_start_check);
-        uv_unref((uv_handle_t *)&w->start_check);
-        w->start_check_ready = true;
-    }
+    ensure_check(w);
     r->start_next = NULL;
     if (w->start_tail != NULL)
         w->start_tail->start_next = r;
@@ -972,8 +1016,6 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     wipe_buf_init(&r->pending, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
     wipe_buf_init(&r->inflight, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
     sse_parser_init(&r->sse_parser, RELAY_MAX_EVENT);
-    uv_timer_init(&w->loop, &r->timer);
-    r->timer.data = r;
     r->link = h2o_mem_alloc_shared(&req->pool, sizeof(relay_link_t), on_link_dispose);
     r->link->relay = r;
     w->inflight++;

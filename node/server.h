@@ -62,6 +62,7 @@ typedef struct worker {
     struct relay *relay_cache;  /* relay.c's finished relays, kept for reuse */
     unsigned relay_cache_n;
     struct relay *start_head, *start_tail; /* relay.c's relays to start in the check phase */
+    struct relay *release_head;            /* relay.c's finished relays, recycled then */
     uv_check_t start_check;
     bool start_check_ready;
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
