@@ -96,6 +96,8 @@ struct relay {
     bool start_pending; /* the upstream request starts at the end of this loop iteration */
     relay_t *start_next;   /* on the worker's queue of relays to start */
     relay_t *release_next; /* on the worker's list of finished relays to recycle */
+    relay_t *flush_next;   /* on the worker's list of relays to flush */
+    bool flush_queued;
     bool request_sent;  /* the request is about to leave (or has left) for the upstream */
     bool upstream_over;
     int error; /* the upstream request's end: 0 or a negative errno (upstream.h) */
@@ -394,16 +396,25 @@ static void relay_recycle(relay_t *r)
 }
 
 static void start_queued(worker_t *w);
+static void flush(relay_t *r);
 
 /* The worker's check handle (libuv's check phase follows the poll phase of every loop
- * iteration): starts the upstream requests queued in this iteration (queue_start), then
- * recycles the relays finished in it. A finished relay stays intact until then, because
+ * iteration): starts the upstream requests queued in this iteration (queue_start), sends
+ * what upstream reads of this iteration left to send (queue_flush), then recycles the
+ * relays finished in it. A finished relay stays intact until then, because
  * callers up the stack and the start queue may still look at it. Created on first use,
  * unreferenced (it never keeps the loop alive). */
 static void on_worker_check(uv_check_t *h)
 {
     worker_t *w = h->data;
     start_queued(w);
+    while (w->flush_head != NULL) {
+        relay_t *r = w->flush_head;
+        w->flush_head = r->flush_next;
+        r->flush_next = NULL;
+        r->flush_queued = false;
+        flush(r);
+    }
     while (w->release_head != NULL) {
         relay_t *r = w->release_head;
         w->release_head = r->release_next;
@@ -420,6 +431,21 @@ static void ensure_check(worker_t *w)
     uv_check_start(&w->start_check, on_worker_check);
     uv_unref((uv_handle_t *)&w->start_check);
     w->start_check_ready = true;
+}
+
+/* Upstream bytes are sent to the client once per loop iteration rather than per piece:
+ * an answer that arrives whole in one read then leaves with its end in one HTTP/2 write
+ * (HEADERS, DATA and END_STREAM together) instead of a second write for the end alone;
+ * events of one read leave together. */
+static void queue_flush(relay_t *r)
+{
+    if (r->flush_queued)
+        return;
+    worker_t *w = r->worker;
+    ensure_check(w);
+    r->flush_queued = true;
+    r->flush_next = w->flush_head;
+    w->flush_head = r;
 }
 
 static void relay_maybe_free(relay_t *r)
@@ -747,7 +773,7 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
         if (r->req != NULL)
             err = wipe_buf_append(&r->pending, buf, len);
     }
-    flush(r);
+    queue_flush(r);
     r->in_upstream_cb = false;
     if (err != 0)
         return err; /* an event over RELAY_MAX_EVENT or no memory: stop the upstream */

@@ -63,6 +63,7 @@ typedef struct worker {
     unsigned relay_cache_n;
     struct relay *start_head, *start_tail; /* relay.c's relays to start in the check phase */
     struct relay *release_head;            /* relay.c's finished relays, recycled then */
+    struct relay *flush_head;              /* relay.c's relays with bytes to send then */
     uv_check_t start_check;
     bool start_check_ready;
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
