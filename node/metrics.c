@@ -15,6 +15,7 @@
  * the two always agree. Label values are escaped (backslash, quote, newline) even though
  * config validation already forbids those characters. */
 #include "node/metrics.h"
+#include "node/util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -626,15 +627,11 @@ static void line_esc(line_t *l, const char *s)
 
 static void line_u64(line_t *l, uint64_t v)
 {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
+    char tmp[21];
+    size_t n = util_u64_dec(v, tmp);
     assert(l->len + n <= sizeof(l->buf));
-    while (n > 0)
-        l->buf[l->len++] = tmp[--n];
+    memcpy(l->buf + l->len, tmp, n);
+    l->len += n;
 }
 
 static void line_i64(line_t *l, int64_t v)

@@ -54,6 +54,7 @@
 
 #include "node/compat/picohttpparser.h"
 #include "node/upstream_impl.h"
+#include "node/util.h"
 #include "node/wipe.h"
 
 #define H1_MAX_HOST 255
@@ -991,14 +992,9 @@ static bool h1_header_safe(const char *s, size_t len, bool allow_space)
 
 static size_t h1_format_size(char *out, size_t v)
 {
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
+    char tmp[21];
+    size_t n = util_u64_dec(v, tmp);
+    memcpy(out, tmp, n);
     return n;
 }
 
