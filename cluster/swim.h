@@ -76,10 +76,10 @@ typedef struct swim_member_info {
 } swim_member_info_t;
 
 typedef struct swim_config {
-    uint32_t probe_interval_ms;    /* 500 */
-    uint32_t probe_timeout_ms;     /* direct ack wait before ping-req, 200 */
+    uint32_t probe_interval_ms;    /* 150 */
+    uint32_t probe_timeout_ms;     /* direct ack wait before ping-req, 75 */
     uint32_t indirect_k;           /* ping-req fan-out, 3 */
-    uint32_t suspicion_mult;       /* min suspicion = mult * max(1, log10 N) * interval, 4 */
+    uint32_t suspicion_mult;       /* min suspicion = mult * max(1, log10 N) * interval, 12 */
     uint32_t suspicion_max_mult;   /* max suspicion = max_mult * min, 6 */
     uint32_t retransmit_mult;      /* lambda, 4 */
     uint32_t gossip_interval_ms;   /* 200; 0 = piggyback only */
