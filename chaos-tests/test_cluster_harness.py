@@ -24,6 +24,7 @@ ETCD_ADDR = "127.0.0.20"
 MOCK_ADDR = "127.0.0.30"
 NODE_ADDRS = {"n2": "127.0.0.2", "n3": "127.0.0.3", "n4": "127.0.0.4"}
 PROPAGATION_BOUND = 10.0
+ETCD_NOTICE_BOUND = 30  # the node probes etcd every 2 s with a 5 s request timeout
 HEAL_BOUND = 30.0
 
 
@@ -131,10 +132,19 @@ def test_partitioned_node_serves_cached_snapshot(cluster, route):
             time.sleep(0.2)
         r = n4.chat(made["key"], route.model)
         assert r.status_code == 401, (r.status_code, r.text[:300])
+        # the node notices the silent partition (its etcd probe fails) and says so, while
+        # staying ready on its cached snapshot
+        t_cut = time.monotonic()
+        wait_for(lambda: n4.readyz()[1].get("etcd") == "unreachable", ETCD_NOTICE_BOUND,
+                 "n4's /readyz to say etcd is unreachable")
         code, body = n4.readyz()
-        print("n4 /readyz while partitioned: %d %s" % (code, body))
+        print("n4 /readyz while partitioned (%.1fs after the checks began): %d %s"
+              % (time.monotonic() - t_cut, code, body))
+        assert code == 200 and body["ready"] is True and body["snapshot"] == "cached", body
     finally:
         ns.heal()
+    wait_for(lambda: n4.readyz()[1].get("etcd") == "ok", HEAL_BOUND,
+             "n4's /readyz to say etcd is ok again")
     t0 = time.monotonic()
     wait_for(lambda: netns.key_visible(n4, made["key"], route.model), HEAL_BOUND,
              "n4 to see the new key after the partition healed")

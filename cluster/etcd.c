@@ -1002,6 +1002,17 @@ static void watch_stream_lost(etcd_watch_t *w, int status)
     }
 }
 
+void etcd_client_reset_watches(etcd_client_t *c, int status)
+{
+    etcd_watch_t *w = c->watches;
+    while (w != NULL) {
+        etcd_watch_t *next = w->next;
+        if (w->easy != NULL && !w->finished && !w->stopped)
+            watch_stream_lost(w, status < 0 ? status : -EIO);
+        w = next;
+    }
+}
+
 /* Handles one stream message. Returns 0, or <0 if the stream must be dropped. */
 static int watch_message(etcd_watch_t *w, yajl_val root)
 {

@@ -133,6 +133,11 @@ bool etcd_client_reachable(const etcd_client_t *c);
 /* Watch idle limit (seconds, default 660 = etcd's default 10 min progress interval +
  * margin): a watch stream silent for this long is considered dead and re-established. */
 void etcd_client_set_watch_idle(etcd_client_t *c, long seconds);
+/* Drops every watch's stream as lost (each reports the outage once with `status` and
+ * reconnects with its backoff, resuming from its last revision). For a caller that learnt
+ * by other means (a failed probe) that etcd is out of reach: a watch on a connection whose
+ * packets are silently dropped would otherwise wait for TCP keepalive to notice. */
+void etcd_client_reset_watches(etcd_client_t *c, int status);
 /* Cancels every pending request whose callback data is `data` (no callback). */
 void etcd_cancel_data(etcd_client_t *c, void *data);
 

@@ -42,6 +42,8 @@ typedef struct node {
     metering_t *metering;
     uv_timer_t metering_timer, audit_timer;
     uv_timer_t clock_timer;
+    uv_timer_t etcd_probe_timer; /* a small read every 2 s: notices a silent partition */
+    bool etcd_probe_busy;
     uv_loop_t *loop;
     server_t server;
     curl_uv_t *curl;
@@ -221,6 +223,41 @@ static void on_drained(server_t *s)
     finish(n, 0);
 }
 
+/* etcd probe: the watch stream carries no traffic while nothing changes, so a partition that
+ * silently drops packets (no reset, no refusal) goes unnoticed until TCP keepalive gives up
+ * (about a minute). A one-key read every 2 s (5 s request timeout) notices it: on failure
+ * the client marks etcd unreachable and the watches are reconnected, so /readyz and the
+ * metrics say so and the config catches up as soon as etcd answers again. */
+#define ETCD_PROBE_INTERVAL_MS 2000
+
+static void on_etcd_probe_done(etcd_client_t *c, int status, int64_t revision, const etcd_kv_t *kvs, size_t nkv,
+                               bool more, void *data)
+{
+    (void)revision;
+    (void)kvs;
+    (void)nkv;
+    (void)more;
+    node_t *n = data;
+    n->etcd_probe_busy = false;
+    if (status != 0 && status != -ECANCELED) {
+        log_warn("etcd probe failed (%s): reconnecting the config watch", strerror(-status));
+        etcd_client_reset_watches(c, status);
+    }
+}
+
+static void on_etcd_probe_timer(uv_timer_t *t)
+{
+    node_t *n = t->data;
+    if (n->etcd_probe_busy || n->etcd == NULL)
+        return;
+    char key[512];
+    int len = snprintf(key, sizeof(key), "%sprobe", n->cfg.etcd_prefix);
+    if (len <= 0 || (size_t)len >= sizeof(key))
+        return;
+    if (etcd_range(n->etcd, (const uint8_t *)key, (size_t)len, NULL, 0, 1, 0, on_etcd_probe_done, n) == 0)
+        n->etcd_probe_busy = true;
+}
+
 static void on_shutdown_timeout(uv_timer_t *t)
 {
     node_t *n = t->data;
@@ -380,6 +417,10 @@ int main(int argc, char **argv)
     n->audit_timer.data = n;
     uv_timer_start(&n->audit_timer, on_audit_sweep_timer, 5000, 3600 * 1000);
     uv_unref((uv_handle_t *)&n->audit_timer);
+    uv_timer_init(n->loop, &n->etcd_probe_timer);
+    n->etcd_probe_timer.data = n;
+    uv_timer_start(&n->etcd_probe_timer, on_etcd_probe_timer, ETCD_PROBE_INTERVAL_MS, ETCD_PROBE_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&n->etcd_probe_timer);
     uv_signal_init(n->loop, &n->sig_term);
     uv_signal_init(n->loop, &n->sig_int);
     uv_signal_init(n->loop, &n->sig_hup);
@@ -393,6 +434,7 @@ int main(int argc, char **argv)
              n->cfg.listen_plain ? n->cfg.listen_plain : "", n->cfg.admin_listen, n->cfg.etcd);
     uv_run(n->loop, UV_RUN_DEFAULT);
 
+    uv_timer_stop(&n->etcd_probe_timer);
     server_stop(&n->server);
     /* Every worker has flushed its last batch; store it and sync before leaving. */
     uv_run(n->loop, UV_RUN_NOWAIT);
