@@ -8,10 +8,13 @@
  * target). ping-reqs we serve for others are "relays": we ping the target with our own
  * sequence number and forward its ack, or send a nack if it stays silent.
  *
- * Every update is encoded once when queued (kind, length, body) and kept in the broadcast
- * queue with a transmit count; filling a datagram sorts the queue least-sent first, newer
- * first, and takes what fits. Decoding validates the whole datagram before applying any of
- * it, so a malformed datagram has no effect at all. */
+ * Every update is encoded once when queued (kind, length, body) and kept in a slot of the
+ * broadcast queue with a transmit count. A binary heap of slots orders them least-sent first,
+ * newer first, and a hash of member names finds the queued update a newer one replaces, so
+ * filling a datagram costs O((updates taken + a few skipped) * log n), not a sort of the
+ * queue. Members' live and suspect counts and the next reclaim time are kept up to date, so
+ * a tick with nothing to do costs O(1) rather than a scan of the members. Decoding validates
+ * the whole datagram before applying any of it, so a malformed datagram has no effect at all. */
 #include "cluster/swim.h"
 
 #include <assert.h>
@@ -28,6 +31,8 @@ enum { UPD_ALIVE = 1, UPD_SUSPECT = 2, UPD_DEAD = 3, UPD_LEAVE = 4 };
 #define UPDATE_MAX 400u /* kind + length + the largest body (alive: 5 strings + incarnation) */
 #define OUTBOX_MAX 4096u
 #define EVENTS_MAX (1u << 20)
+#define UPDATE_MIN 9u       /* kind + length + a 1-byte name + incarnation */
+#define PIGGYBACK_SKIPS 16u /* queued updates passed over for being too big before a datagram is full */
 
 typedef struct member {
     swim_member_info_t info;
@@ -42,8 +47,10 @@ typedef struct member {
 
 typedef struct bcast {
     char name[SWIM_NAME_MAX];
-    uint64_t id; /* larger = newer */
+    uint64_t hash; /* name_hash(name) */
+    uint64_t id;   /* larger = newer */
     uint32_t transmits;
+    uint32_t heap_pos; /* index in bq_heap */
     uint16_t len;
     uint8_t bytes[UPDATE_MAX];
 } bcast_t;
@@ -64,7 +71,10 @@ struct swim {
 
     member_t *members; /* [0] is this node */
     size_t n_members, cap_members;
-    uint32_t *index; /* member index + 1, 0 = empty; size index_cap (power of two) */
+    size_t n_live, n_suspect; /* members ALIVE or SUSPECT (self included), and SUSPECT */
+    uint64_t next_reclaim_ms; /* no dead/left member is due before */
+    uint64_t next_verdict_ms; /* no suspect can be declared dead before */
+    uint32_t *index;          /* member index + 1, 0 = empty; size index_cap (power of two) */
     size_t index_cap;
 
     uint32_t *probe_order;
@@ -78,13 +88,17 @@ struct swim {
     uint64_t next_probe_ms, next_gossip_ms, next_pushpull_ms;
 
     relay_t relays[MAX_RELAYS];
+    size_t n_relays; /* used */
 
     char (*join_seeds)[SWIM_NAME_MAX]; /* retried until we know another member */
     size_t n_join_seeds;
     uint64_t next_join_ms;
 
-    bcast_t *bcasts;
-    size_t n_bcasts, cap_bcasts;
+    bcast_t *bcasts;    /* slots, cap_bcasts of them */
+    uint32_t *bq_heap;  /* n_bcasts slot numbers, least-sent then newest first at [0] */
+    uint32_t *bq_free;  /* n_free free slot numbers */
+    uint32_t *bq_index; /* slot + 1 by name hash, 0 = empty; bq_index_cap (power of two) */
+    size_t n_bcasts, n_free, cap_bcasts, bq_index_cap;
     uint64_t bcast_id;
 
     swim_datagram_t *out;
@@ -156,12 +170,14 @@ void swim_config_default(swim_config_t *cfg)
 {
     /* Tuned in the simulation (cluster/sim.c, ops/bench/swim-sim): a crash known to all
      * within 5 s at N <= 100, yet no false verdict on a member paused 3 s under 5 % loss
-     * (min suspicion at N = 100 is 12 * 2 * 150 = 3.6 s). */
+     * (min suspicion at N = 100 is 12 * 2 * 150 = 3.6 s; the 3.6 s floor gives smaller
+     * clusters, where log10 N < 2, the same margin over a 3 s pause). */
     cfg->probe_interval_ms = 150;
     cfg->probe_timeout_ms = 75;
     cfg->indirect_k = 3;
     cfg->suspicion_mult = 12;
     cfg->suspicion_max_mult = 6;
+    cfg->suspicion_min_ms = 3600;
     cfg->retransmit_mult = 4;
     cfg->gossip_interval_ms = 200;
     cfg->gossip_nodes = 3;
@@ -400,6 +416,7 @@ static member_t *add_member(swim_t *s, const swim_record_t *rec, uint32_t inc, u
     memset(m, 0, sizeof(*m));
     m->info.rec = *rec;
     m->info.status = SWIM_ALIVE;
+    s->n_live++;
     m->info.incarnation = inc;
     m->changed_ms = now;
     size_t mask = s->index_cap - 1, h = name_hash(rec->name) & mask;
@@ -414,17 +431,43 @@ static bool is_live(const member_t *m)
     return m->info.status == SWIM_ALIVE || m->info.status == SWIM_SUSPECT;
 }
 
+/* Every status change of a known member goes through here (the counters depend on it). */
+static void set_status(swim_t *s, member_t *m, swim_status_t status, uint64_t now)
+{
+    s->n_live -= is_live(m);
+    s->n_suspect -= m->info.status == SWIM_SUSPECT;
+    m->info.status = status;
+    s->n_live += is_live(m);
+    s->n_suspect += status == SWIM_SUSPECT;
+    if (!is_live(m) && now + s->cfg.dead_reclaim_ms < s->next_reclaim_ms)
+        s->next_reclaim_ms = now + s->cfg.dead_reclaim_ms;
+}
+
 size_t swim_alive_count(const swim_t *s)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < s->n_members; i++)
-        n += is_live(&s->members[i]);
-    return n;
+    return s->n_live;
 }
 
 /* Up to k random live members other than self and `except` (may be NULL); indices into out. */
 static size_t pick_random(swim_t *s, size_t k, const char *except, uint32_t *out, size_t out_cap)
 {
+    if (k > out_cap)
+        k = out_cap;
+    if (s->n_members >= 32 && s->n_live >= 2 * k + 16 && s->n_live * 2 >= s->n_members) {
+        /* mostly live members, many more than k: sample, no O(n) scan (falls back if unlucky) */
+        size_t got = 0;
+        for (size_t tries = 0; got < k && tries < 8 * k + 16; tries++) {
+            uint32_t i = 1 + rng_below(s, (uint32_t)(s->n_members - 1));
+            const member_t *m = &s->members[i];
+            bool dup = false;
+            for (size_t j = 0; j < got && !dup; j++)
+                dup = out[j] == i;
+            if (!dup && is_live(m) && (!except || strcmp(m->info.rec.name, except)))
+                out[got++] = i;
+        }
+        if (got == k)
+            return got;
+    }
     size_t n = 0;
     uint32_t *cand = malloc(s->n_members * sizeof(*cand));
     if (!cand)
@@ -432,8 +475,6 @@ static size_t pick_random(swim_t *s, size_t k, const char *except, uint32_t *out
     for (size_t i = 1; i < s->n_members; i++)
         if (is_live(&s->members[i]) && (!except || strcmp(s->members[i].info.rec.name, except)))
             cand[n++] = (uint32_t)i;
-    if (k > out_cap)
-        k = out_cap;
     size_t got = 0;
     for (; got < k && got < n; got++) {
         size_t j = got + rng_below(s, (uint32_t)(n - got));
@@ -450,7 +491,7 @@ static size_t pick_random(swim_t *s, size_t k, const char *except, uint32_t *out
 
 uint32_t swim_retransmit_limit(const swim_t *s)
 {
-    size_t n = swim_alive_count(s);
+    size_t n = s->n_live;
     uint32_t log2n = 0;
     while (((size_t)1 << log2n) < n + 1)
         log2n++; /* ceil(log2(n + 1)) */
@@ -462,54 +503,178 @@ size_t swim_broadcast_count(const swim_t *s)
     return s->n_bcasts;
 }
 
+/* The broadcast heap: slot a goes before slot b (least-sent first, then newest first). */
+static bool bq_before(const swim_t *s, uint32_t a, uint32_t b)
+{
+    const bcast_t *x = &s->bcasts[a], *y = &s->bcasts[b];
+    return x->transmits != y->transmits ? x->transmits < y->transmits : x->id > y->id;
+}
+
+static void bq_set(swim_t *s, size_t pos, uint32_t slot)
+{
+    s->bq_heap[pos] = slot;
+    s->bcasts[slot].heap_pos = (uint32_t)pos;
+}
+
+static void bq_sift(swim_t *s, size_t pos)
+{
+    uint32_t slot = s->bq_heap[pos];
+    while (pos > 0 && bq_before(s, slot, s->bq_heap[(pos - 1) / 2])) {
+        bq_set(s, pos, s->bq_heap[(pos - 1) / 2]);
+        pos = (pos - 1) / 2;
+    }
+    for (;;) {
+        size_t l = 2 * pos + 1, r = l + 1, best = pos;
+        uint32_t best_slot = slot;
+        if (l < s->n_bcasts && bq_before(s, s->bq_heap[l], best_slot)) {
+            best = l;
+            best_slot = s->bq_heap[l];
+        }
+        if (r < s->n_bcasts && bq_before(s, s->bq_heap[r], best_slot)) {
+            best = r;
+            best_slot = s->bq_heap[r];
+        }
+        if (best == pos)
+            break;
+        bq_set(s, pos, best_slot);
+        pos = best;
+    }
+    bq_set(s, pos, slot);
+}
+
+static void bq_heap_push(swim_t *s, uint32_t slot)
+{
+    bq_set(s, s->n_bcasts++, slot);
+    bq_sift(s, s->n_bcasts - 1);
+}
+
+static void bq_heap_remove(swim_t *s, uint32_t slot)
+{
+    size_t pos = s->bcasts[slot].heap_pos;
+    uint32_t last = s->bq_heap[--s->n_bcasts];
+    if (pos < s->n_bcasts) {
+        bq_set(s, pos, last);
+        bq_sift(s, pos);
+    }
+}
+
+/* The name index: open addressing, linear probing, deletion by backward shift. */
+static void bq_index_add(swim_t *s, uint32_t slot)
+{
+    size_t mask = s->bq_index_cap - 1, h = s->bcasts[slot].hash & mask;
+    while (s->bq_index[h])
+        h = (h + 1) & mask;
+    s->bq_index[h] = slot + 1;
+}
+
+static size_t bq_index_pos(const swim_t *s, const char *name, uint64_t hash)
+{
+    size_t mask = s->bq_index_cap - 1, h = hash & mask;
+    for (; s->bq_index[h]; h = (h + 1) & mask) {
+        const bcast_t *b = &s->bcasts[s->bq_index[h] - 1];
+        if (b->hash == hash && !strcmp(b->name, name))
+            return h;
+    }
+    return SIZE_MAX;
+}
+
+static void bq_index_del(swim_t *s, size_t hole)
+{
+    size_t mask = s->bq_index_cap - 1;
+    s->bq_index[hole] = 0;
+    for (size_t j = (hole + 1) & mask; s->bq_index[j]; j = (j + 1) & mask) {
+        size_t home = s->bcasts[s->bq_index[j] - 1].hash & mask;
+        /* the entry at j may fill the hole unless its home lies cyclically in (hole, j] */
+        bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            s->bq_index[hole] = s->bq_index[j];
+            s->bq_index[j] = 0;
+            hole = j;
+        }
+    }
+}
+
+/* Drops a queued update: out of the heap (if in it) and the index, slot freed. */
+static void bq_drop(swim_t *s, uint32_t slot, bool in_heap)
+{
+    bcast_t *b = &s->bcasts[slot];
+    if (in_heap)
+        bq_heap_remove(s, slot);
+    size_t at = bq_index_pos(s, b->name, b->hash);
+    if (at != SIZE_MAX)
+        bq_index_del(s, at);
+    s->bq_free[s->n_free++] = slot;
+}
+
+static bool bq_grow(swim_t *s)
+{
+    size_t bound = (size_t)s->cfg.max_members * 2;
+    if (s->cap_bcasts >= bound)
+        return false;
+    size_t cap = s->cap_bcasts ? s->cap_bcasts * 2 : 16;
+    bcast_t *slots = realloc(s->bcasts, cap * sizeof(*slots));
+    if (!slots)
+        return false;
+    s->bcasts = slots;
+    uint32_t *heap = realloc(s->bq_heap, cap * sizeof(*heap));
+    if (heap)
+        s->bq_heap = heap;
+    uint32_t *fr = realloc(s->bq_free, cap * sizeof(*fr));
+    if (fr)
+        s->bq_free = fr;
+    uint32_t *index = calloc(cap * 2, sizeof(*index));
+    if (!heap || !fr || !index) {
+        free(index);
+        return false;
+    }
+    free(s->bq_index);
+    s->bq_index = index;
+    s->bq_index_cap = cap * 2;
+    for (size_t i = 0; i < s->n_bcasts; i++)
+        bq_index_add(s, s->bq_heap[i]);
+    for (size_t i = cap; i > s->cap_bcasts; i--)
+        s->bq_free[s->n_free++] = (uint32_t)(i - 1);
+    s->cap_bcasts = cap;
+    return true;
+}
+
 static void queue_update(swim_t *s, unsigned kind, const swim_member_info_t *m, const char *from)
 {
-    for (size_t i = 0; i < s->n_bcasts; i++) {
-        if (!strcmp(s->bcasts[i].name, m->rec.name)) { /* a newer update replaces the older */
-            s->bcasts[i] = s->bcasts[--s->n_bcasts];
-            break;
+    uint64_t hash = name_hash(m->rec.name);
+    size_t at = s->bq_index_cap ? bq_index_pos(s, m->rec.name, hash) : SIZE_MAX;
+    if (at != SIZE_MAX) /* a newer update replaces the older */
+        bq_drop(s, s->bq_index[at] - 1, true);
+    if (!s->n_free && !bq_grow(s)) {
+        if (!s->n_bcasts)
+            return;
+        /* full: drop the most transmitted (the oldest of those); rare, so a scan will do */
+        uint32_t worst = s->bq_heap[0];
+        for (size_t i = 1; i < s->n_bcasts; i++) {
+            const bcast_t *b = &s->bcasts[s->bq_heap[i]], *w = &s->bcasts[worst];
+            if (b->transmits > w->transmits || (b->transmits == w->transmits && b->id < w->id))
+                worst = s->bq_heap[i];
         }
+        bq_drop(s, worst, true);
     }
-    if (s->n_bcasts == s->cap_bcasts) {
-        size_t bound = (size_t)s->cfg.max_members * 2;
-        if (s->cap_bcasts < bound) {
-            size_t cap = s->cap_bcasts ? s->cap_bcasts * 2 : 16;
-            bcast_t *p = realloc(s->bcasts, cap * sizeof(*p));
-            if (p) {
-                s->bcasts = p;
-                s->cap_bcasts = cap;
-            }
-        }
-        if (s->n_bcasts == s->cap_bcasts) { /* full: drop the most transmitted */
-            size_t worst = 0;
-            for (size_t i = 1; i < s->n_bcasts; i++)
-                if (s->bcasts[i].transmits > s->bcasts[worst].transmits)
-                    worst = i;
-            s->bcasts[worst] = s->bcasts[--s->n_bcasts];
-        }
-    }
-    bcast_t *b = &s->bcasts[s->n_bcasts];
+    uint32_t slot = s->bq_free[s->n_free - 1];
+    bcast_t *b = &s->bcasts[slot];
     wbuf_t w = {.p = b->bytes, .cap = sizeof(b->bytes)};
     enc_update(&w, kind, m, from);
     if (w.err)
-        return;
+        return; /* the slot stays free */
     copy_str(b->name, m->rec.name);
+    b->hash = hash;
     b->id = ++s->bcast_id;
     b->transmits = 0;
     b->len = (uint16_t)w.len;
-    s->n_bcasts++;
-}
-
-static int bcast_cmp(const void *a, const void *b)
-{
-    const bcast_t *x = a, *y = b;
-    if (x->transmits != y->transmits)
-        return x->transmits < y->transmits ? -1 : 1;
-    return x->id > y->id ? -1 : x->id < y->id ? 1 : 0;
+    s->n_free--;
+    bq_index_add(s, slot);
+    bq_heap_push(s, slot);
 }
 
 /* Appends the update count, `first` (an encoded update, may be NULL) and as many queued
- * updates as fit. */
+ * updates as fit, least-sent first, newer first; an update too big for the space left is
+ * passed over (at most PIGGYBACK_SKIPS of them) for the next ones. */
 static void fill_piggyback_with(swim_t *s, wbuf_t *w, const uint8_t *first, size_t first_len)
 {
     size_t count_at = w->len;
@@ -522,23 +687,32 @@ static void fill_piggyback_with(swim_t *s, wbuf_t *w, const uint8_t *first, size
     }
     if (w->err || !s->n_bcasts)
         return;
-    qsort(s->bcasts, s->n_bcasts, sizeof(*s->bcasts), bcast_cmp);
     uint32_t limit = swim_retransmit_limit(s);
-    for (size_t i = 0; i < s->n_bcasts && count < 255; i++) {
-        bcast_t *b = &s->bcasts[i];
-        if (w->len + b->len > w->cap)
+    uint32_t taken[255], skipped[PIGGYBACK_SKIPS];
+    size_t n_taken = 0, n_skipped = 0;
+    while (s->n_bcasts && count < 255 && n_skipped < PIGGYBACK_SKIPS && w->len + UPDATE_MIN <= w->cap) {
+        uint32_t slot = s->bq_heap[0];
+        bq_heap_remove(s, slot);
+        bcast_t *b = &s->bcasts[slot];
+        if (w->len + b->len > w->cap) {
+            skipped[n_skipped++] = slot;
             continue;
+        }
         memcpy(w->p + w->len, b->bytes, b->len);
         w->len += b->len;
         b->transmits++;
         count++;
+        taken[n_taken++] = slot;
     }
     w->p[count_at] = (uint8_t)count;
-    size_t keep = 0;
-    for (size_t i = 0; i < s->n_bcasts; i++)
-        if (s->bcasts[i].transmits < limit)
-            s->bcasts[keep++] = s->bcasts[i];
-    s->n_bcasts = keep;
+    for (size_t i = 0; i < n_skipped; i++)
+        bq_heap_push(s, skipped[i]);
+    for (size_t i = 0; i < n_taken; i++) {
+        if (s->bcasts[taken[i]].transmits < limit)
+            bq_heap_push(s, taken[i]);
+        else
+            bq_drop(s, taken[i], false);
+    }
 }
 
 static void fill_piggyback(swim_t *s, wbuf_t *w)
@@ -587,6 +761,8 @@ static void suspicion_start(swim_t *s, member_t *m, uint64_t from_hash, uint64_t
     size_t n = swim_alive_count(s);
     double scale = n > 10 ? log10((double)n) : 1.0;
     m->suspect_min_ms = (uint64_t)(s->cfg.suspicion_mult * scale * s->cfg.probe_interval_ms);
+    if (m->suspect_min_ms < s->cfg.suspicion_min_ms) /* small clusters: still outlast a pause */
+        m->suspect_min_ms = s->cfg.suspicion_min_ms;
     m->suspect_max_ms = m->suspect_min_ms * s->cfg.suspicion_max_mult;
     /* confirmations expected before the timeout reaches min (memberlist: mult - 2, none when
      * the cluster is too small to provide them) */
@@ -598,10 +774,12 @@ static void suspicion_start(swim_t *s, member_t *m, uint64_t from_hash, uint64_t
     m->confirmers[0] = from_hash;
     m->suspect_start_ms = now;
     m->suspect_deadline_ms = now + (m->confirm_k ? m->suspect_max_ms : m->suspect_min_ms);
+    if (m->suspect_deadline_ms < s->next_verdict_ms)
+        s->next_verdict_ms = m->suspect_deadline_ms;
 }
 
 /* True when `from` is a new independent confirmation (the timeout shrank). */
-static bool suspicion_confirm(member_t *m, uint64_t from_hash)
+static bool suspicion_confirm(swim_t *s, member_t *m, uint64_t from_hash)
 {
     if (m->confirmations >= m->confirm_k)
         return false;
@@ -615,6 +793,8 @@ static bool suspicion_confirm(member_t *m, uint64_t from_hash)
     double t = (double)m->suspect_max_ms - frac * (double)(m->suspect_max_ms - m->suspect_min_ms);
     uint64_t timeout = t < (double)m->suspect_min_ms ? m->suspect_min_ms : (uint64_t)t;
     m->suspect_deadline_ms = m->suspect_start_ms + timeout;
+    if (m->suspect_deadline_ms < s->next_verdict_ms)
+        s->next_verdict_ms = m->suspect_deadline_ms;
     return true;
 }
 
@@ -653,7 +833,7 @@ static void apply_alive(swim_t *s, uint64_t now, const swim_record_t *rec, uint3
     bool changed = !record_eq(&m->info.rec, rec);
     m->info.rec = *rec;
     m->info.incarnation = inc;
-    m->info.status = SWIM_ALIVE;
+    set_status(s, m, SWIM_ALIVE, now);
     if (was != SWIM_ALIVE) {
         m->changed_ms = now;
         push_event(s, SWIM_EVENT_ALIVE, &m->info);
@@ -679,12 +859,12 @@ static void apply_suspect(swim_t *s, uint64_t now, const char *name, uint32_t in
         return;
     uint64_t fh = name_hash(from);
     if (m->info.status == SWIM_SUSPECT && inc == m->info.incarnation) {
-        if (suspicion_confirm(m, fh))
+        if (suspicion_confirm(s, m, fh))
             queue_update(s, UPD_SUSPECT, &m->info, from);
         return;
     }
     bool was_alive = m->info.status == SWIM_ALIVE;
-    m->info.status = SWIM_SUSPECT;
+    set_status(s, m, SWIM_SUSPECT, now);
     m->info.incarnation = inc;
     m->changed_ms = now;
     suspicion_start(s, m, fh, now);
@@ -707,7 +887,7 @@ static void apply_dead(swim_t *s, uint64_t now, const char *name, uint32_t inc, 
     }
     if (inc < m->info.incarnation || !is_live(m))
         return;
-    m->info.status = leave ? SWIM_LEFT : SWIM_DEAD;
+    set_status(s, m, leave ? SWIM_LEFT : SWIM_DEAD, now);
     m->info.incarnation = inc;
     m->changed_ms = now;
     push_event(s, leave ? SWIM_EVENT_LEFT : SWIM_EVENT_DEAD, &m->info);
@@ -828,6 +1008,7 @@ void swim_on_message(swim_t *s, uint64_t now, const char *from_addr, const uint8
             if (rl->used && rl->my_seq == seq) {
                 send_seq_msg(s, rl->requester, MSG_ACK, rl->orig_seq, NULL, NULL);
                 rl->used = false;
+                s->n_relays--;
                 return;
             }
         }
@@ -846,6 +1027,7 @@ void swim_on_message(swim_t *s, uint64_t now, const char *from_addr, const uint8
         if (!rl)
             return; /* bounded: the requester will count a missing nack */
         rl->used = true;
+        s->n_relays++;
         rl->nack_sent = false;
         rl->my_seq = ++s->seq;
         rl->orig_seq = seq;
@@ -987,31 +1169,45 @@ void swim_tick(swim_t *s, uint64_t now)
     }
     probe_tick(s, now);
 
-    for (size_t i = 1; i < s->n_members; i++) {
-        member_t *m = &s->members[i];
-        /* A node in poor local health (its own messages are late or lost) also waits longer
-         * before a verdict: its accusation may not have reached the accused yet. */
-        uint64_t timeout = (m->suspect_deadline_ms - m->suspect_start_ms) * health_mult(s);
-        if (m->info.status == SWIM_SUSPECT && now >= m->suspect_start_ms + timeout)
-            apply_dead(s, now, m->info.rec.name, m->info.incarnation, s->members[0].info.rec.name, false);
+    if (s->n_suspect && now >= s->next_verdict_ms) {
+        uint64_t next = UINT64_MAX;
+        for (size_t i = 1; i < s->n_members; i++) {
+            member_t *m = &s->members[i];
+            if (m->info.status != SWIM_SUSPECT)
+                continue;
+            /* A node in poor local health (its own messages are late or lost) also waits longer
+             * before a verdict: its accusation may not have reached the accused yet. */
+            uint64_t timeout = (m->suspect_deadline_ms - m->suspect_start_ms) * health_mult(s);
+            if (now >= m->suspect_start_ms + timeout)
+                apply_dead(s, now, m->info.rec.name, m->info.incarnation, s->members[0].info.rec.name, false);
+            else if (m->suspect_deadline_ms < next) /* the earliest it can be, at multiplier 1 */
+                next = m->suspect_deadline_ms;
+        }
+        s->next_verdict_ms = next;
     }
 
-    bool removed = false;
-    for (size_t i = 1; i < s->n_members;) {
-        member_t *m = &s->members[i];
-        if (!is_live(m) && now >= m->changed_ms + s->cfg.dead_reclaim_ms) {
-            s->members[i] = s->members[--s->n_members];
-            removed = true;
-        } else {
+    if (now >= s->next_reclaim_ms) {
+        bool removed = false;
+        uint64_t next = UINT64_MAX;
+        for (size_t i = 1; i < s->n_members;) {
+            member_t *m = &s->members[i];
+            if (!is_live(m) && now >= m->changed_ms + s->cfg.dead_reclaim_ms) {
+                s->members[i] = s->members[--s->n_members];
+                removed = true;
+                continue;
+            }
+            if (!is_live(m) && m->changed_ms + s->cfg.dead_reclaim_ms < next)
+                next = m->changed_ms + s->cfg.dead_reclaim_ms;
             i++;
         }
-    }
-    if (removed) {
-        index_rebuild(s);
-        s->probe_pos = s->probe_n; /* indices moved: reshuffle */
+        s->next_reclaim_ms = next;
+        if (removed) {
+            index_rebuild(s);
+            s->probe_pos = s->probe_n; /* indices moved: reshuffle */
+        }
     }
 
-    for (size_t i = 0; i < MAX_RELAYS; i++) {
+    for (size_t i = 0; i < MAX_RELAYS && s->n_relays; i++) {
         relay_t *rl = &s->relays[i];
         if (!rl->used)
             continue;
@@ -1019,8 +1215,10 @@ void swim_tick(swim_t *s, uint64_t now)
             rl->nack_sent = true;
             send_seq_msg(s, rl->requester, MSG_NACK, rl->orig_seq, NULL, NULL);
         }
-        if (now >= rl->expire_ms)
+        if (now >= rl->expire_ms) {
             rl->used = false;
+            s->n_relays--;
+        }
     }
 
     if (s->cfg.gossip_interval_ms && now >= s->next_gossip_ms) {
@@ -1063,12 +1261,11 @@ int swim_join(swim_t *s, uint64_t now, const char *const *seeds, size_t n_seeds)
 
 int swim_leave(swim_t *s, uint64_t now)
 {
-    (void)now;
     if (s->leaving)
         return 0;
     member_t *self = &s->members[0];
     self->info.incarnation++;
-    self->info.status = SWIM_LEFT;
+    set_status(s, self, SWIM_LEFT, now);
     s->leaving = true;
     s->probe.active = false;
     queue_update(s, UPD_LEAVE, &self->info, NULL);
@@ -1169,6 +1366,7 @@ swim_t *swim_create(const swim_config_t *cfg, const swim_record_t *self, uint64_
         return NULL;
     s->cfg = *cfg;
     s->rng = seed;
+    s->next_reclaim_ms = s->next_verdict_ms = UINT64_MAX;
     s->cap_members = 16;
     s->index_cap = 64;
     s->members = calloc(s->cap_members, sizeof(*s->members));
@@ -1193,6 +1391,9 @@ void swim_destroy(swim_t *s)
     free(s->probe_order);
     free(s->join_seeds);
     free(s->bcasts);
+    free(s->bq_heap);
+    free(s->bq_free);
+    free(s->bq_index);
     free(s->out);
     free(s->events);
     free(s);

@@ -14,9 +14,11 @@
  *     silent. No ack by the end of the probe period: the target becomes suspect.
  *   - Suspicion: a suspect member that does not refute before its suspicion timeout is
  *     declared dead. The timeout starts at max_mult * min and shrinks towards
- *     min = suspicion_mult * max(1, log10 N) * probe_interval as independent confirmations
- *     (other members suspecting the same incarnation) arrive (Lifeguard); suspicion_mult - 2
- *     confirmations are expected, none in a cluster of fewer than suspicion_mult members.
+ *     min = max(suspicion_min_ms, suspicion_mult * max(1, log10 N) * probe_interval) as
+ *     independent confirmations (other members suspecting the same incarnation) arrive
+ *     (Lifeguard); suspicion_mult - 2 confirmations are expected, none in a cluster of fewer
+ *     than suspicion_mult members. The floor in ms keeps small clusters, where log10 N is
+ *     small, from declaring a member dead during a pause of a few seconds (GC, VM).
  *   - Incarnation numbers: a node that hears itself suspected or declared dead bumps its
  *     incarnation and gossips alive; higher incarnations win, at equal incarnation
  *     suspect beats alive and dead/left beat suspect.
@@ -81,6 +83,7 @@ typedef struct swim_config {
     uint32_t indirect_k;           /* ping-req fan-out, 3 */
     uint32_t suspicion_mult;       /* min suspicion = mult * max(1, log10 N) * interval, 12 */
     uint32_t suspicion_max_mult;   /* max suspicion = max_mult * min, 6 */
+    uint32_t suspicion_min_ms;     /* floor of min suspicion (outlasts a pause at small N), 3600 */
     uint32_t retransmit_mult;      /* lambda, 4 */
     uint32_t gossip_interval_ms;   /* 200; 0 = piggyback only */
     uint32_t gossip_nodes;         /* 3 */

@@ -294,6 +294,8 @@ static void test_join_converges(void **state)
 static uint64_t crash_bound_ms(const swim_config_t *cfg, int n)
 {
     uint64_t min = (uint64_t)cfg->suspicion_mult * cfg->probe_interval_ms; /* log10 n <= 1 here */
+    if (min < cfg->suspicion_min_ms)
+        min = cfg->suspicion_min_ms;
     return (uint64_t)n * cfg->probe_interval_ms + min * cfg->suspicion_max_mult + 1000;
 }
 

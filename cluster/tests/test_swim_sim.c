@@ -2,7 +2,8 @@
  * known to every member p99 <= 5 s; a join and a leave known to every member p99 <= 2 s (a
  * CI proxy of the N = 1000 target, which ops/bench/swim-sim reports); no false DEAD in a
  * simulated hour with 5 % loss and a random member paused 3 s every minute; and the same
- * seed giving the same figures.
+ * seed giving the same figures. Also at N = 10: no false DEAD in the lossy hour (small
+ * clusters rely on the suspicion_min_ms floor).
  *
  * Under a sanitizer (or with SWIM_SIM_SMALL=1) the runs are scaled down (fewer rounds, a
  * 10-minute lossy run) to fit the ASan time budget; what ran is printed. */
@@ -83,6 +84,24 @@ static void test_no_false_dead_lossy_hour_n100(void **state)
     assert_true(l.pauses >= duration_ms / 60000);
 }
 
+/* At N = 10 the log10 N scaling alone gave a 1.8 s minimum suspicion, shorter than the pause:
+ * the suspicion_min_ms floor must hold it. Cheap (10 members), so the full hour always runs. */
+static void test_no_false_dead_lossy_hour_n10(void **state)
+{
+    (void)state;
+    sim_params_t p;
+    sim_params_default(&p, 10, 13);
+    p.loss_pm = 50;
+    sim_lossy_t l;
+    assert_int_equal(sim_measure_lossy(&p, 3600000, 60000, 3000, &l), 0);
+    printf("N=10, 3600 s with 5 %% loss, %u pauses of 3 s: false DEAD %llu, SUSPECT %llu, %.0f bytes/node/s\n",
+           l.pauses, (unsigned long long)l.false_dead, (unsigned long long)l.suspects, l.bytes_per_node_s);
+    assert_int_equal(l.false_dead, 0);
+    assert_int_equal(l.dead_about_left, 0);
+    assert_true(l.pauses >= 60);
+    assert_true(l.suspects > 0); /* the pauses were noticed */
+}
+
 static void test_same_seed_same_figures(void **state)
 {
     (void)state;
@@ -144,6 +163,7 @@ int main(void)
         cmocka_unit_test(test_same_seed_same_figures),
         cmocka_unit_test(test_membership_targets_n100),
         cmocka_unit_test(test_no_false_dead_lossy_hour_n100),
+        cmocka_unit_test(test_no_false_dead_lossy_hour_n10),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
