@@ -10,7 +10,8 @@ add_executable(llmrelayctl
   ops/ctl/key.c
   ops/ctl/price.c
   ops/ctl/token.c
-  ops/ctl/report.c)
+  ops/ctl/report.c
+  ops/ctl/cluster.c)
 target_link_libraries(llmrelayctl PRIVATE ${LLMRELAY_DEPS})
 
 llmrelay_unit_test(test_ctl ops/ctl/test_ctl.c ops/ctl/ctl.c ops/ctl/http.c ops/ctl/json.c ops/ctl/opts.c)

@@ -2695,6 +2695,87 @@ static void handle_audit(admin_req_t *r)
     on_audit_range(NULL, rc, 0, NULL, 0, false, w);
 }
 
+/* ---- cluster ---- */
+
+/* GET /admin/v1/cluster (any role): the members this node knows (itself included) from the
+ * node, keys_owned counted over the relay keys of the current snapshot (superseded secrets
+ * of a rotated key are the same key and not counted again). */
+static void handle_cluster(admin_req_t *r)
+{
+    admin_t *a = r->admin;
+    if (a->ops.cluster == NULL) {
+        send_error(r, 503, "not_available", "this node does not report cluster membership");
+        return;
+    }
+    const Llmrelay__Snapshot *snap = snapshot(a);
+    size_t n_keys = 0, cap = snap != NULL ? snap->n_keys : 0;
+    const char **ids = calloc(cap + 1, sizeof(*ids));
+    if (ids == NULL) {
+        send_error(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < cap; i++)
+        if (snap->keys[i]->grace_until == 0 && snap->keys[i]->id != NULL && snap->keys[i]->id[0] != '\0')
+            ids[n_keys++] = snap->keys[i]->id;
+    admin_cluster_t c;
+    memset(&c, 0, sizeof(c));
+    int rc = a->ops.cluster(a->ops.data, ids, n_keys, &c);
+    free(ids);
+    jw_t w;
+    if (rc != 0) {
+        free(c.members);
+        send_error(r, 500, "internal_error", "cannot read the cluster membership");
+        return;
+    }
+    if (!jw_start(r, &w)) {
+        free(c.members);
+        return;
+    }
+    jw_map_open(&w);
+    jw_key(&w, "members");
+    jw_array_open(&w);
+    for (size_t i = 0; i < c.n_members; i++) {
+        const admin_cluster_member_t *m = &c.members[i];
+        jw_map_open(&w);
+        jw_key(&w, "name");
+        jw_str(&w, m->name);
+        jw_key(&w, "region");
+        jw_str(&w, m->region);
+        jw_key(&w, "version");
+        jw_str(&w, m->version);
+        jw_key(&w, "status");
+        jw_str(&w, m->status != NULL ? m->status : "alive");
+        jw_key(&w, "gossip");
+        if (m->gossip[0] != '\0')
+            jw_str(&w, m->gossip);
+        else
+            jw_null(&w);
+        jw_key(&w, "keys_owned");
+        if (m->keys_owned >= 0)
+            jw_int(&w, m->keys_owned);
+        else
+            jw_null(&w);
+        jw_key(&w, "load");
+        jw_null(&w);
+        jw_map_close(&w);
+    }
+    jw_array_close(&w);
+    if (c.has_packets) {
+        static const char *const names[] = {"sealed", "opened", "malformed", "forged", "replayed", "too_old"};
+        const uint64_t values[] = {c.sealed, c.opened, c.malformed, c.forged, c.replayed, c.too_old};
+        jw_key(&w, "gossip_packets");
+        jw_map_open(&w);
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            jw_key(&w, names[i]);
+            jw_int(&w, values[i] > INT64_MAX ? INT64_MAX : (int64_t)values[i]);
+        }
+        jw_map_close(&w);
+    }
+    jw_map_close(&w);
+    free(c.members);
+    send_jw(r, 200, &w);
+}
+
 /* Returns the role of the presented token (ROLE_NONE when unknown) and its name. */
 static role_t authenticate(admin_req_t *r, bool *any_configured)
 {
@@ -2952,7 +3033,7 @@ static void audit_describe(admin_req_t *r, const char *rest, size_t len)
     static const struct {
         const char *name, *param;
     } resources[] = {{"providers", "{name}"}, {"keys", "{id}"}, {"prices", "{model}"}, {"tokens", "{name}"},
-                     {"logs", NULL},          {"usage", NULL},  {"audit", NULL}};
+                     {"logs", NULL},          {"usage", NULL},  {"audit", NULL},       {"cluster", NULL}};
     char method[17], segs[3][ADMIN_MAX_SEGMENT + 2];
     size_t n = 0;
     sanitize_for_log(r->req->method.base, r->req->method.len, method, sizeof(method));
@@ -3126,6 +3207,11 @@ static void route_admin(admin_req_t *r, const char *rest, size_t len)
             forbidden(r, "this token's role (operator) may not read the audit log");
         else
             handle_audit(r);
+    } else if (n == 1 && strcmp(segs[0], "cluster") == 0) {
+        if (!get)
+            method_not_allowed(r, "GET");
+        else
+            handle_cluster(r);
     } else {
         send_error(r, 404, "not_found", "no such admin endpoint");
     }

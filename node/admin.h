@@ -1,5 +1,5 @@
 /* admin.h — the node's admin API: an HTTP/1.1 (and h2c) JSON listener on --admin-listen
- * serving /healthz, /readyz and /admin/v1/{providers,keys,prices,tokens,logs,usage,audit}
+ * serving /healthz, /readyz and /admin/v1/{providers,keys,prices,tokens,logs,usage,audit,cluster}
  * (docs/admin-api.md).
  *
  * It runs on the node's main uv loop (not a worker): its own h2o_globalconf_t, h2o_context_t
@@ -89,6 +89,25 @@ typedef struct admin_usage_query {
  * answer is dropped and the context freed). */
 typedef void (*admin_answer_cb)(void *done_ctx, int status, const char *json, size_t len);
 
+/* GET /admin/v1/cluster: one member of the cluster as this node sees it. */
+typedef struct admin_cluster_member {
+    char name[64];
+    char region[64];
+    char version[64];
+    char gossip[64];    /* gossip address; "" = none (gossip off) */
+    const char *status; /* static: "alive" | "suspect" | "dead" | "left" */
+    int64_t keys_owned; /* relay keys this member owns on the ring; -1 = unknown (null) */
+} admin_cluster_member_t;
+
+/* The node's answer to GET /admin/v1/cluster. members is malloc'd by the node and freed by
+ * the admin module with free(). has_packets: the gossip packet counts below are known. */
+typedef struct admin_cluster {
+    admin_cluster_member_t *members;
+    size_t n_members;
+    bool has_packets;
+    uint64_t sealed, opened, malformed, forged, replayed, too_old; /* gossip_seal counts */
+} admin_cluster_t;
+
 typedef struct admin_node_ops {
     void *data;
     /* The node's injectable clock (unix ms). NULL = CLOCK_REALTIME. */
@@ -108,6 +127,10 @@ typedef struct admin_node_ops {
     /* GET /metrics (no token, like /healthz: metadata counters only): append the Prometheus
      * text exposition to *out; 0 or a negative error. NULL = 404. */
     int (*render_metrics)(void *data, wipe_buf_t *out);
+    /* GET /admin/v1/cluster (any role): fill *out (pre-zeroed) with the members, this node
+     * included. key_ids are the relay key ids of the current snapshot (borrowed for the
+     * call), for keys_owned. Returns 0 or a negative error (answered 500). NULL = 503. */
+    int (*cluster)(void *data, const char *const *key_ids, size_t n_keys, admin_cluster_t *out);
 } admin_node_ops_t;
 
 /* Reads the bootstrap token (if cfg->admin_token_file is set), binds cfg->admin_listen and

@@ -8,7 +8,9 @@
  *
  * SIGTERM/SIGINT drain in the contract's order: readiness false, stop accepting, GOAWAY,
  * finish in-flight requests (bounded by --shutdown-timeout), exit 0. SIGHUP reloads the
- * TLS certificate. */
+ * TLS certificate. With --gossip, the node is a SWIM member (gossip.c): the first
+ * termination signal also announces a graceful leave, and the node keeps its gossip socket
+ * until the leave has been gossiped (bounded) before it exits. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@
 #include "node/admin.h"
 #include "node/clock.h"
 #include "node/config.h"
+#include "node/gossip.h"
 #include "node/log.h"
 #include "node/metering.h"
 #include "node/metrics.h"
@@ -50,6 +53,7 @@ typedef struct node {
     etcd_client_t *etcd;
     config_store_t *store;
     admin_t *admin;
+    gossip_t *gossip; /* NULL without --gossip */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t shutdown_timer;
     bool draining;
@@ -205,6 +209,26 @@ static void on_store_log(int level, const char *msg, void *data)
     log_write((log_level_t)level, "%s", msg);
 }
 
+/* GET /admin/v1/cluster: swim's members, or this node alone (owning every key) when gossip
+ * is off. */
+static int admin_cluster(void *data, const char *const *key_ids, size_t n_keys, admin_cluster_t *out)
+{
+    node_t *n = data;
+    if (n->gossip != NULL)
+        return gossip_cluster(n->gossip, key_ids, n_keys, out);
+    admin_cluster_member_t *self = calloc(1, sizeof(*self));
+    if (self == NULL)
+        return -ENOMEM;
+    snprintf(self->name, sizeof(self->name), "%s", n->cfg.name);
+    snprintf(self->region, sizeof(self->region), "%s", n->cfg.region);
+    snprintf(self->version, sizeof(self->version), "%s", LLMRELAY_VERSION);
+    self->status = "alive";
+    self->keys_owned = (int64_t)n_keys;
+    out->members = self;
+    out->n_members = 1;
+    return 0;
+}
+
 static void on_admin_status(void *data, admin_status_t *out)
 {
     out->draining = ((node_t *)data)->draining;
@@ -283,6 +307,7 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     log_info("signal %d: draining (timeout %llu ms)", signum, (unsigned long long)n->cfg.shutdown_timeout_ms);
     n->draining = true;
+    gossip_leave(n->gossip);
     server_drain(&n->server, on_drained);
     uv_timer_init(n->loop, &n->shutdown_timer);
     n->shutdown_timer.data = n;
@@ -407,10 +432,30 @@ int main(int argc, char **argv)
         .query_usage = admin_query_usage,
         .etcd = n->etcd,
         .render_metrics = admin_render_metrics,
+        .cluster = admin_cluster,
     };
     if ((ret = admin_start(n->loop, &n->cfg, n->store, &admin_ops, &n->admin, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
+    }
+    if (n->cfg.gossip != NULL) {
+        secrets_key_t ckey = {0};
+        if (n->cfg.cluster_key_file == NULL) {
+            fprintf(stderr, "llmrelay: --gossip needs --cluster-key-file (gossip packets are sealed)\n");
+            return 2;
+        }
+        if ((ret = secrets_key_load(n->cfg.cluster_key_file, &ckey)) != 0) {
+            fprintf(stderr, "llmrelay: --cluster-key-file %s: %s\n", n->cfg.cluster_key_file, secrets_key_error(ret));
+            return 2;
+        }
+        ret = gossip_start(n->loop, &n->cfg, ckey.bytes, sizeof(ckey.bytes), &n->gossip, err, sizeof(err));
+        secrets_key_dispose(&ckey);
+        if (ret != 0) {
+            fprintf(stderr, "llmrelay: %s\n", err);
+            return 1;
+        }
+    } else if (n->cfg.join != NULL) {
+        log_warn("--join is ignored without --gossip: running as a single node");
     }
     /* Audit entries older than 7 days go, by their timestamps (not etcd leases). */
     uv_timer_init(n->loop, &n->audit_timer);
@@ -434,6 +479,12 @@ int main(int argc, char **argv)
              n->cfg.listen_plain ? n->cfg.listen_plain : "", n->cfg.admin_listen, n->cfg.etcd);
     uv_run(n->loop, UV_RUN_DEFAULT);
 
+    /* A node leaving the cluster tells it (bounded by GOSSIP_LEAVE_MAX_MS) before it goes. */
+    gossip_leave(n->gossip);
+    while (!gossip_leave_done(n->gossip) && uv_run(n->loop, UV_RUN_ONCE) != 0)
+        ;
+    gossip_stop(n->gossip);
+    n->gossip = NULL;
     uv_timer_stop(&n->etcd_probe_timer);
     server_stop(&n->server);
     /* Every worker has flushed its last batch; store it and sync before leaving. */

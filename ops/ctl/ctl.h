@@ -58,5 +58,7 @@ int ctl_token_main(struct ctl *ctl, int argc, char **argv);
 int ctl_logs_main(struct ctl *ctl, int argc, char **argv);
 int ctl_usage_main(struct ctl *ctl, int argc, char **argv);
 int ctl_audit_main(struct ctl *ctl, int argc, char **argv);
+/* "cluster status": membership (ops/ctl/cluster.c). */
+int ctl_cluster_main(struct ctl *ctl, int argc, char **argv);
 
 #endif

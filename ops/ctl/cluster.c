@@ -1,0 +1,82 @@
+/*
+ * cluster.c — "llmrelayctl cluster status": the cluster's members as the node behind the
+ * admin API sees them (GET /admin/v1/cluster, docs/admin-api.md): name, region, version,
+ * SWIM status, gossip address, keys owned on the ring and load. --json prints the answer.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/ctl/ctl.h"
+#include "ops/ctl/http.h"
+#include "ops/ctl/json.h"
+#include "ops/ctl/opts.h"
+
+static const char cluster_help[] = "usage: llmrelayctl [--admin URL] [--token-file F] [--json] cluster COMMAND\n"
+                                   "\n"
+                                   "Cluster membership as the node behind --admin sees it.\n"
+                                   "\n"
+                                   "commands:\n"
+                                   "  status    members: name, region, version, status (alive, suspect,\n"
+                                   "            dead, left), gossip address, keys owned, load\n";
+static const char status_help[] =
+    "usage: llmrelayctl cluster status\n\nLists the cluster's members, this node included.\n";
+
+static const struct ctl_opt_spec no_opts[] = {{NULL, 0, 0}};
+
+static int print_members(struct ctl *ctl, yajl_val answer)
+{
+    static const char *const headers[] = {"NAME", "REGION", "VERSION", "STATUS", "GOSSIP", "KEYS", "LOAD"};
+    static const char *const fields[] = {"name", "region", "version", "status", "gossip", "keys_owned", "load"};
+    enum { NCOLS = 7 };
+    yajl_val list = ctl_json_get(answer, "members", NULL);
+    if (!YAJL_IS_ARRAY(list)) {
+        ctl_errorf(ctl, "the answer has no \"members\" array");
+        return -EPROTO;
+    }
+    size_t nrows = list->u.array.len;
+    char **cells = calloc(nrows * NCOLS + 1, sizeof(*cells));
+    if (cells == NULL)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t r = 0; r < nrows && rc == 0; r++)
+        for (size_t c = 0; c < NCOLS; c++)
+            if ((cells[r * NCOLS + c] = ctl_json_text(ctl_json_get(list->u.array.values[r], fields[c], NULL), "-")) ==
+                NULL)
+                rc = -ENOMEM;
+    if (rc == 0)
+        ctl_print_table(ctl->out, headers, NCOLS, cells, nrows);
+    ctl_free_cells(cells, nrows * NCOLS);
+    free(cells);
+    return rc;
+}
+
+int ctl_cluster_main(struct ctl *ctl, int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(cluster_help, argc < 2 ? ctl->err : ctl->out);
+        return argc < 2 ? -EINVAL : 0;
+    }
+    if (strcmp(argv[1], "status") != 0) {
+        ctl_errorf(ctl, "unknown command 'cluster %.64s' (see 'llmrelayctl cluster --help')", argv[1]);
+        return -EINVAL;
+    }
+    struct ctl_opts opts;
+    int rc = ctl_opts_parse(ctl, "cluster status", no_opts, argc - 2, argv + 2, &opts);
+    if (rc < 0)
+        return rc;
+    if (opts.help) {
+        fputs(status_help, ctl->out);
+        return 0;
+    }
+    if (opts.npositional != 0) {
+        ctl_errorf(ctl, "'cluster status' takes no arguments");
+        return -EINVAL;
+    }
+    yajl_val answer = NULL;
+    rc = ctl_api(ctl, "GET", "/admin/v1/cluster", NULL, 0, &answer);
+    if (rc == 0)
+        rc = ctl->json ? ctl_json_print(ctl->out, answer) : print_members(ctl, answer);
+    ctl_json_free(answer);
+    return rc;
+}
