@@ -8,10 +8,9 @@
  * known sender costs no HMAC; an unknown one costs one, and gets an entry only once its
  * packet verified.
  *
- * The replay table is a fixed array of max_senders entries, a chained hash index over
- * (sender_id, boot_id) and an LRU list, all linked by 32-bit indices; nothing is allocated
- * after create. Each entry's window is the highest counter accepted (top) and a 128-bit
- * bitmap where bit d means counter top - d was accepted.
+ * The replay table is cluster/replay (bounded, LRU, nothing allocated after create) keyed
+ * by (sender_id, boot_id), with GOSSIP_SEAL_WINDOW-counter windows; each entry's user data
+ * is the sender's cached key.
  *
  * Key material (PRK, own key, cached sender keys, a derived key for an unknown sender) is
  * wiped when no longer needed and at free; EVP contexts wipe their key schedules on free.
@@ -19,10 +18,9 @@
  * leaves.
  */
 #include "cluster/gossip_seal.h"
+#include "cluster/replay.h"
 
-#include <assert.h>
 #include <errno.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,37 +28,17 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#define NIL UINT32_MAX
 #define NONCE_LEN 12
 #define LABEL_LEN (sizeof(GOSSIP_SEAL_LABEL) - 1)
-#define MAX_SENDERS_LIMIT ((size_t)1 << 20)
-
-typedef struct sender {
-    uint64_t sender_id;
-    uint64_t boot_id;
-    uint64_t top;       /* highest counter accepted; 0 while the entry is free */
-    uint64_t window[2]; /* bit d (word d / 64) set: counter top - d accepted */
-    uint64_t last_ms;   /* now_ms of the last accepted packet */
-    uint32_t hash_next; /* next in the bucket chain, or in the free list */
-    uint32_t lru_prev;  /* towards the most recently used */
-    uint32_t lru_next;  /* towards the least recently used */
-    uint8_t key[GOSSIP_SEAL_KEY_LEN];
-} sender_t;
 
 struct gossip_seal {
     EVP_CIPHER_CTX *seal_cipher; /* keyed with own_key at create */
     EVP_CIPHER_CTX *open_cipher; /* re-keyed per packet */
     uint8_t prk[32];             /* HKDF-Extract(salt empty, cluster key) */
     uint64_t boot_id;
-    uint64_t counter; /* last counter sealed */
-    gossip_seal_stats_t stats;
-    sender_t *senders;
-    size_t max_senders;
-    uint32_t *buckets;
-    uint32_t bucket_mask;
-    uint32_t free_head;
-    uint32_t lru_head; /* most recently used */
-    uint32_t lru_tail; /* least recently used: evicted first */
+    uint64_t counter;          /* last counter sealed */
+    gossip_seal_stats_t stats; /* evicted, expired and senders come from senders' stats */
+    replay_t *senders;         /* user data: the sender's key */
 };
 
 /* --- helpers ------------------------------------------------------------------------ */
@@ -102,124 +80,6 @@ static int derive_sender_key(const uint8_t prk[32], uint64_t boot_id, uint8_t ke
     return 0;
 }
 
-static uint32_t bucket_of(const gossip_seal_t *ctx, uint64_t sender_id, uint64_t boot_id)
-{
-    /* splitmix64 finalizer; entries only exist for authenticated senders, so no flooding */
-    uint64_t h = boot_id ^ (sender_id * 0x9e3779b97f4a7c15ULL);
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    h ^= h >> 31;
-    return (uint32_t)h & ctx->bucket_mask;
-}
-
-/* --- replay table ------------------------------------------------------------------- */
-
-static sender_t *sender_find(const gossip_seal_t *ctx, uint64_t sender_id, uint64_t boot_id)
-{
-    for (uint32_t i = ctx->buckets[bucket_of(ctx, sender_id, boot_id)]; i != NIL; i = ctx->senders[i].hash_next) {
-        sender_t *s = &ctx->senders[i];
-        if (s->boot_id == boot_id && s->sender_id == sender_id)
-            return s;
-    }
-    return NULL;
-}
-
-static void lru_unlink(gossip_seal_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    if (s->lru_prev != NIL)
-        ctx->senders[s->lru_prev].lru_next = s->lru_next;
-    else
-        ctx->lru_head = s->lru_next;
-    if (s->lru_next != NIL)
-        ctx->senders[s->lru_next].lru_prev = s->lru_prev;
-    else
-        ctx->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NIL;
-}
-
-static void lru_push_head(gossip_seal_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    s->lru_prev = NIL;
-    s->lru_next = ctx->lru_head;
-    if (ctx->lru_head != NIL)
-        ctx->senders[ctx->lru_head].lru_prev = i;
-    ctx->lru_head = i;
-    if (ctx->lru_tail == NIL)
-        ctx->lru_tail = i;
-}
-
-static void sender_remove(gossip_seal_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    uint32_t *link = &ctx->buckets[bucket_of(ctx, s->sender_id, s->boot_id)];
-    while (*link != i) {
-        assert(*link != NIL);
-        link = &ctx->senders[*link].hash_next;
-    }
-    *link = s->hash_next;
-    lru_unlink(ctx, i);
-    OPENSSL_cleanse(s, sizeof(*s));
-    s->lru_prev = s->lru_next = NIL;
-    s->hash_next = ctx->free_head;
-    ctx->free_head = i;
-    assert(ctx->stats.senders > 0);
-    ctx->stats.senders--;
-}
-
-static sender_t *sender_insert(gossip_seal_t *ctx, uint64_t sender_id, uint64_t boot_id)
-{
-    if (ctx->free_head == NIL) {
-        assert(ctx->lru_tail != NIL);
-        sender_remove(ctx, ctx->lru_tail);
-        ctx->stats.evicted++;
-    }
-    uint32_t i = ctx->free_head;
-    sender_t *s = &ctx->senders[i];
-    ctx->free_head = s->hash_next;
-    memset(s, 0, sizeof(*s));
-    s->sender_id = sender_id;
-    s->boot_id = boot_id;
-    uint32_t b = bucket_of(ctx, sender_id, boot_id);
-    s->hash_next = ctx->buckets[b];
-    ctx->buckets[b] = i;
-    lru_push_head(ctx, i);
-    ctx->stats.senders++;
-    return s;
-}
-
-/* 0 if counter may be accepted from s, else -EALREADY or -ESTALE. */
-static int window_check(const sender_t *s, uint64_t counter)
-{
-    if (counter > s->top)
-        return 0;
-    uint64_t d = s->top - counter;
-    if (d >= GOSSIP_SEAL_WINDOW)
-        return -ESTALE;
-    return (s->window[d / 64] >> (d % 64)) & 1 ? -EALREADY : 0;
-}
-
-static void window_accept(sender_t *s, uint64_t counter)
-{
-    if (counter > s->top) {
-        uint64_t shift = counter - s->top;
-        if (shift >= 128) {
-            s->window[0] = s->window[1] = 0;
-        } else if (shift >= 64) {
-            s->window[1] = shift == 64 ? s->window[0] : s->window[0] << (shift - 64);
-            s->window[0] = 0;
-        } else {
-            s->window[1] = (s->window[1] << shift) | (s->window[0] >> (64 - shift));
-            s->window[0] <<= shift;
-        }
-        s->top = counter;
-    }
-    uint64_t d = s->top - counter;
-    assert(d < GOSSIP_SEAL_WINDOW);
-    s->window[d / 64] |= (uint64_t)1 << (d % 64);
-}
-
 /* --- API ---------------------------------------------------------------------------- */
 
 int gossip_seal_create(const uint8_t *cluster_key, size_t key_len, uint64_t boot_id, size_t max_senders,
@@ -228,36 +88,21 @@ int gossip_seal_create(const uint8_t *cluster_key, size_t key_len, uint64_t boot
     if (out == NULL)
         return -EINVAL;
     *out = NULL;
-    if (cluster_key == NULL || key_len != GOSSIP_SEAL_KEY_LEN || max_senders > MAX_SENDERS_LIMIT)
+    if (cluster_key == NULL || key_len != GOSSIP_SEAL_KEY_LEN || max_senders > REPLAY_MAX_CAPACITY)
         return -EINVAL;
     if (max_senders == 0)
         max_senders = GOSSIP_SEAL_DEFAULT_MAX_SENDERS;
-    size_t nbuckets = 1;
-    while (nbuckets < 2 * max_senders)
-        nbuckets <<= 1;
-
     gossip_seal_t *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
         return -ENOMEM;
     ctx->boot_id = boot_id;
-    ctx->max_senders = max_senders;
-    ctx->bucket_mask = (uint32_t)(nbuckets - 1);
-    ctx->senders = calloc(max_senders, sizeof(sender_t));
-    ctx->buckets = malloc(nbuckets * sizeof(uint32_t));
     ctx->seal_cipher = EVP_CIPHER_CTX_new();
     ctx->open_cipher = EVP_CIPHER_CTX_new();
-    if (ctx->senders == NULL || ctx->buckets == NULL || ctx->seal_cipher == NULL || ctx->open_cipher == NULL) {
+    if (replay_create((uint32_t)max_senders, GOSSIP_SEAL_WINDOW, GOSSIP_SEAL_KEY_LEN, &ctx->senders) != 0 ||
+        ctx->seal_cipher == NULL || ctx->open_cipher == NULL) {
         gossip_seal_free(ctx);
         return -ENOMEM;
     }
-    for (size_t i = 0; i < nbuckets; i++)
-        ctx->buckets[i] = NIL;
-    for (size_t i = 0; i < max_senders; i++) {
-        ctx->senders[i].hash_next = i + 1 < max_senders ? (uint32_t)(i + 1) : NIL;
-        ctx->senders[i].lru_prev = ctx->senders[i].lru_next = NIL;
-    }
-    ctx->free_head = 0;
-    ctx->lru_head = ctx->lru_tail = NIL;
 
     /* HKDF-Extract with an empty salt: HMAC(32 zero bytes, IKM). */
     static const uint8_t zero_salt[32];
@@ -284,11 +129,7 @@ void gossip_seal_free(gossip_seal_t *ctx)
         return;
     EVP_CIPHER_CTX_free(ctx->seal_cipher);
     EVP_CIPHER_CTX_free(ctx->open_cipher);
-    if (ctx->senders != NULL) {
-        OPENSSL_cleanse(ctx->senders, ctx->max_senders * sizeof(sender_t));
-        free(ctx->senders);
-    }
-    free(ctx->buckets);
+    replay_free(ctx->senders); /* wipes the cached keys */
     OPENSSL_cleanse(ctx, sizeof(*ctx));
     free(ctx);
 }
@@ -359,20 +200,22 @@ int gossip_seal_open(gossip_seal_t *ctx, const uint8_t *packet, size_t len, uint
     if (out_cap < plain_len)
         return -ENOBUFS;
 
-    sender_t *s = sender_find(ctx, from, boot_id);
+    replay_entry_t *s = replay_find(ctx->senders, from, boot_id);
     if (s != NULL) {
-        int rc = window_check(s, counter);
-        if (rc == -EALREADY)
+        replay_verdict_t v = replay_check(ctx->senders, s, counter);
+        if (v == REPLAY_REPLAYED) {
             ctx->stats.replayed++;
-        else if (rc == -ESTALE)
+            return -EALREADY;
+        }
+        if (v == REPLAY_TOO_OLD) {
             ctx->stats.too_old++;
-        if (rc != 0)
-            return rc;
+            return -ESTALE;
+        }
     }
     uint8_t fresh_key[GOSSIP_SEAL_KEY_LEN];
     if (s == NULL && derive_sender_key(ctx->prk, boot_id, fresh_key) != 0)
         return -EIO;
-    const uint8_t *key = s != NULL ? s->key : fresh_key;
+    const uint8_t *key = s != NULL ? replay_data(s) : fresh_key;
 
     uint8_t nonce[NONCE_LEN];
     nonce_of(nonce, counter);
@@ -400,16 +243,12 @@ int gossip_seal_open(gossip_seal_t *ctx, const uint8_t *packet, size_t len, uint
     }
 
     if (s == NULL) {
-        s = sender_insert(ctx, from, boot_id);
-        memcpy(s->key, fresh_key, sizeof(fresh_key));
+        s = replay_get(ctx->senders, from, boot_id, NULL);
+        memcpy(replay_data(s), fresh_key, sizeof(fresh_key));
         OPENSSL_cleanse(fresh_key, sizeof(fresh_key));
-    } else {
-        uint32_t i = (uint32_t)(s - ctx->senders);
-        lru_unlink(ctx, i);
-        lru_push_head(ctx, i);
     }
-    window_accept(s, counter);
-    s->last_ms = now_ms;
+    replay_accept(ctx->senders, s, counter);
+    replay_touch(ctx->senders, s, now_ms);
     ctx->stats.opened++;
     *out_len = plain_len;
     if (sender_id != NULL)
@@ -419,17 +258,10 @@ int gossip_seal_open(gossip_seal_t *ctx, const uint8_t *packet, size_t len, uint
 
 size_t gossip_seal_expire(gossip_seal_t *ctx, uint64_t now_ms, uint64_t idle_ms)
 {
-    if (ctx == NULL || now_ms < idle_ms)
+    if (ctx == NULL)
         return 0;
-    uint64_t cutoff = now_ms - idle_ms;
-    size_t dropped = 0;
-    /* The LRU tail is the least recently accepted; stop at the first entry still fresh. */
-    while (ctx->lru_tail != NIL && ctx->senders[ctx->lru_tail].last_ms < cutoff) {
-        sender_remove(ctx, ctx->lru_tail);
-        ctx->stats.expired++;
-        dropped++;
-    }
-    return dropped;
+    /* The LRU tail is the least recently accepted; replay_expire stops at the first entry still fresh. */
+    return replay_expire(ctx->senders, now_ms, idle_ms);
 }
 
 uint64_t gossip_seal_boot_id(const gossip_seal_t *ctx)
@@ -444,5 +276,10 @@ uint64_t gossip_seal_counter(const gossip_seal_t *ctx)
 
 void gossip_seal_get_stats(const gossip_seal_t *ctx, gossip_seal_stats_t *out)
 {
+    replay_stats_t rs;
+    replay_get_stats(ctx->senders, &rs);
     *out = ctx->stats;
+    out->evicted = rs.evicted;
+    out->expired = rs.expired;
+    out->senders = rs.entries;
 }

@@ -7,16 +7,13 @@
  * same key (saves about 1 us per frame against the one-shot HMAC(), which fetches and keys
  * a new context every time), and open compares tags with CRYPTO_memcmp.
  *
- * The replay table is a fixed array of max_senders entries, a chained hash index over the
- * boot id and an LRU list, all linked by 32-bit indices; nothing is allocated after create.
- * Each entry's window is RFC 6479's ring bitmap: 1024 bits in 16 words, bit (seq mod 1024)
- * for seq; when the highest seq moves up, the words of the 64-seq blocks it passes are
- * cleared, so the last PEER_FRAME_WINDOW = 1024 - 64 seqs below the highest are always
- * exact and advancing costs at most 16 word writes, never a shift of the whole bitmap.
+ * The replay table is cluster/replay (bounded, LRU, nothing allocated after create) keyed
+ * by (boot_id, 0), with PEER_FRAME_WINDOW-seq windows (RFC 6479 ring bitmaps of 1024 bits,
+ * see replay.h); an entry's last-seen time is the highest sent_ms accepted from it.
  */
 #include "cluster/peer_frame.h"
+#include "cluster/replay.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,24 +24,10 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#define NIL UINT32_MAX
 #define LABEL_LEN (sizeof(PEER_FRAME_LABEL) - 1)
-#define MAX_SENDERS_LIMIT ((uint32_t)1 << 20)
-#define RING_WORDS 16u /* 1024 bits */
-#define RING_BITS (RING_WORDS * 64u)
 
-_Static_assert(PEER_FRAME_WINDOW == RING_BITS - 64, "window = ring minus one block");
+_Static_assert(PEER_FRAME_WINDOW % 64 == 0, "replay windows are whole 64-bit words");
 _Static_assert(PEER_FRAME_MAX_PAYLOAD <= UINT32_MAX, "payload length is a 32-bit field");
-
-typedef struct sender {
-    uint64_t boot_id;
-    uint64_t top;       /* highest seq accepted; seqs start at 1 */
-    uint64_t newest_ms; /* highest sent_ms accepted */
-    uint32_t hash_next; /* next in the bucket chain, or in the free list */
-    uint32_t lru_prev;  /* towards the most recently used */
-    uint32_t lru_next;  /* towards the least recently used */
-    uint64_t ring[RING_WORDS];
-} sender_t;
 
 struct peer_frame {
     EVP_MAC *mac;
@@ -54,14 +37,9 @@ struct peer_frame {
     uint64_t boot_id;
     uint64_t seq; /* last seq sealed */
     uint64_t time_window_ms;
-    peer_frame_stats_t stats;
-    sender_t *senders;
-    uint32_t max_senders;
-    uint32_t *buckets;
-    uint32_t bucket_mask;
-    uint32_t free_head;
-    uint32_t lru_head; /* most recently used */
-    uint32_t lru_tail; /* least recently used: dropped first */
+    peer_frame_stats_t stats; /* evicted, expired and senders are completed from senders' stats */
+    uint64_t aged_evictions;  /* LRU drops of entries past the time window: counted as expired */
+    replay_t *senders;        /* last-seen time: the highest sent_ms accepted */
 };
 
 /* --- helpers ------------------------------------------------------------------------ */
@@ -104,127 +82,10 @@ static int mac_of(const peer_frame_t *ctx, const uint8_t *data, size_t len, uint
     return 0;
 }
 
-static uint32_t bucket_of(const peer_frame_t *ctx, uint64_t boot_id)
-{
-    /* splitmix64 finalizer; entries only exist for authenticated senders, so no flooding */
-    uint64_t h = boot_id * 0x9e3779b97f4a7c15ULL;
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    h ^= h >> 31;
-    return (uint32_t)h & ctx->bucket_mask;
-}
-
-/* --- replay table ------------------------------------------------------------------- */
-
-static sender_t *sender_find(const peer_frame_t *ctx, uint64_t boot_id)
-{
-    for (uint32_t i = ctx->buckets[bucket_of(ctx, boot_id)]; i != NIL; i = ctx->senders[i].hash_next) {
-        if (ctx->senders[i].boot_id == boot_id)
-            return &ctx->senders[i];
-    }
-    return NULL;
-}
-
-static void lru_unlink(peer_frame_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    if (s->lru_prev != NIL)
-        ctx->senders[s->lru_prev].lru_next = s->lru_next;
-    else
-        ctx->lru_head = s->lru_next;
-    if (s->lru_next != NIL)
-        ctx->senders[s->lru_next].lru_prev = s->lru_prev;
-    else
-        ctx->lru_tail = s->lru_prev;
-    s->lru_prev = s->lru_next = NIL;
-}
-
-static void lru_push_head(peer_frame_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    s->lru_prev = NIL;
-    s->lru_next = ctx->lru_head;
-    if (ctx->lru_head != NIL)
-        ctx->senders[ctx->lru_head].lru_prev = i;
-    ctx->lru_head = i;
-    if (ctx->lru_tail == NIL)
-        ctx->lru_tail = i;
-}
-
-static void sender_remove(peer_frame_t *ctx, uint32_t i)
-{
-    sender_t *s = &ctx->senders[i];
-    uint32_t *link = &ctx->buckets[bucket_of(ctx, s->boot_id)];
-    while (*link != i) {
-        assert(*link != NIL);
-        link = &ctx->senders[*link].hash_next;
-    }
-    *link = s->hash_next;
-    lru_unlink(ctx, i);
-    memset(s, 0, sizeof(*s));
-    s->lru_prev = s->lru_next = NIL;
-    s->hash_next = ctx->free_head;
-    ctx->free_head = i;
-    assert(ctx->stats.senders > 0);
-    ctx->stats.senders--;
-}
-
 /* true if every frame s could still block is refused by the time check at now_ms anyway */
-static bool sender_aged_out(const peer_frame_t *ctx, const sender_t *s, uint64_t now_ms)
+static bool sender_aged_out(const peer_frame_t *ctx, const replay_entry_t *s, uint64_t now_ms)
 {
-    return now_ms > ctx->time_window_ms && s->newest_ms < now_ms - ctx->time_window_ms;
-}
-
-static sender_t *sender_insert(peer_frame_t *ctx, uint64_t boot_id, uint64_t now_ms)
-{
-    if (ctx->free_head == NIL) {
-        assert(ctx->lru_tail != NIL);
-        if (sender_aged_out(ctx, &ctx->senders[ctx->lru_tail], now_ms))
-            ctx->stats.expired++;
-        else
-            ctx->stats.evicted++;
-        sender_remove(ctx, ctx->lru_tail);
-    }
-    uint32_t i = ctx->free_head;
-    sender_t *s = &ctx->senders[i];
-    ctx->free_head = s->hash_next;
-    memset(s, 0, sizeof(*s));
-    s->boot_id = boot_id;
-    uint32_t b = bucket_of(ctx, boot_id);
-    s->hash_next = ctx->buckets[b];
-    ctx->buckets[b] = i;
-    lru_push_head(ctx, i);
-    ctx->stats.senders++;
-    return s;
-}
-
-static uint64_t *ring_word(sender_t *s, uint64_t seq)
-{
-    return &s->ring[(seq / 64) % RING_WORDS];
-}
-
-/* PEER_FRAME_OK if seq may be accepted from s, else REPLAYED or TOO_OLD. */
-static peer_frame_reason_t window_check(sender_t *s, uint64_t seq)
-{
-    if (seq > s->top)
-        return PEER_FRAME_OK;
-    if (s->top - seq >= PEER_FRAME_WINDOW)
-        return PEER_FRAME_TOO_OLD;
-    return (*ring_word(s, seq) >> (seq % 64)) & 1 ? PEER_FRAME_REPLAYED : PEER_FRAME_OK;
-}
-
-static void window_accept(sender_t *s, uint64_t seq)
-{
-    if (seq > s->top) {
-        uint64_t blocks = seq / 64 - s->top / 64;
-        if (blocks > RING_WORDS)
-            blocks = RING_WORDS;
-        for (uint64_t b = 1; b <= blocks; b++)
-            s->ring[(s->top / 64 + b) % RING_WORDS] = 0;
-        s->top = seq;
-    }
-    assert(s->top - seq < PEER_FRAME_WINDOW);
-    *ring_word(s, seq) |= (uint64_t)1 << (seq % 64);
+    return now_ms > ctx->time_window_ms && replay_last_ms(s) < now_ms - ctx->time_window_ms;
 }
 
 /* --- API ---------------------------------------------------------------------------- */
@@ -237,35 +98,20 @@ int peer_frame_create(const uint8_t *cluster_key, size_t key_len, uint64_t boot_
     *out = NULL;
     uint32_t max_senders = cfg != NULL && cfg->max_senders != 0 ? cfg->max_senders : PEER_FRAME_DEFAULT_MAX_SENDERS;
     uint32_t window = cfg != NULL && cfg->time_window_ms != 0 ? cfg->time_window_ms : PEER_FRAME_DEFAULT_TIME_WINDOW_MS;
-    if (cluster_key == NULL || key_len != PEER_FRAME_KEY_LEN || max_senders > MAX_SENDERS_LIMIT)
+    if (cluster_key == NULL || key_len != PEER_FRAME_KEY_LEN || max_senders > REPLAY_MAX_CAPACITY)
         return -EINVAL;
-    uint32_t nbuckets = 1;
-    while (nbuckets < 2 * max_senders)
-        nbuckets <<= 1;
 
     peer_frame_t *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
         return -ENOMEM;
     ctx->boot_id = boot_id;
     ctx->time_window_ms = window;
-    ctx->max_senders = max_senders;
-    ctx->bucket_mask = nbuckets - 1;
-    ctx->senders = calloc(max_senders, sizeof(sender_t));
-    ctx->buckets = malloc(nbuckets * sizeof(uint32_t));
     ctx->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     ctx->mac_ctx = ctx->mac != NULL ? EVP_MAC_CTX_new(ctx->mac) : NULL;
-    if (ctx->senders == NULL || ctx->buckets == NULL || ctx->mac_ctx == NULL) {
+    if (replay_create(max_senders, PEER_FRAME_WINDOW, 0, &ctx->senders) != 0 || ctx->mac_ctx == NULL) {
         peer_frame_free(ctx);
         return -ENOMEM;
     }
-    for (uint32_t i = 0; i < nbuckets; i++)
-        ctx->buckets[i] = NIL;
-    for (uint32_t i = 0; i < max_senders; i++) {
-        ctx->senders[i].hash_next = i + 1 < max_senders ? i + 1 : NIL;
-        ctx->senders[i].lru_prev = ctx->senders[i].lru_next = NIL;
-    }
-    ctx->free_head = 0;
-    ctx->lru_head = ctx->lru_tail = NIL;
 
     /* HKDF-SHA256: PRK = HMAC(32 zero bytes, cluster key); key = HMAC(PRK, label || 0x01). */
     static const uint8_t zero_salt[32];
@@ -300,8 +146,7 @@ void peer_frame_free(peer_frame_t *ctx)
         return;
     EVP_MAC_CTX_free(ctx->mac_ctx); /* cleanses its copy of the key */
     EVP_MAC_free(ctx->mac);
-    free(ctx->senders);
-    free(ctx->buckets);
+    replay_free(ctx->senders);
     OPENSSL_cleanse(ctx, sizeof(*ctx));
     free(ctx);
 }
@@ -404,20 +249,21 @@ int peer_frame_open(peer_frame_t *ctx, const uint8_t *frame, size_t len, uint64_
     if (seq == 0) /* never sealed (seqs start at 1), yet authentic: a broken peer */
         return refuse(ctx, PEER_FRAME_MALFORMED, why);
 
-    sender_t *s = sender_find(ctx, boot_id);
+    replay_entry_t *s = replay_find(ctx->senders, boot_id, 0);
     if (s != NULL) {
-        peer_frame_reason_t r = window_check(s, seq);
-        if (r != PEER_FRAME_OK)
-            return refuse(ctx, r, why);
-        uint32_t i = (uint32_t)(s - ctx->senders);
-        lru_unlink(ctx, i);
-        lru_push_head(ctx, i);
+        replay_verdict_t v = replay_check(ctx->senders, s, seq);
+        if (v == REPLAY_REPLAYED)
+            return refuse(ctx, PEER_FRAME_REPLAYED, why);
+        if (v == REPLAY_TOO_OLD)
+            return refuse(ctx, PEER_FRAME_TOO_OLD, why);
     } else {
-        s = sender_insert(ctx, boot_id, now_ms);
+        const replay_entry_t *victim = replay_victim(ctx->senders);
+        if (victim != NULL && sender_aged_out(ctx, victim, now_ms))
+            ctx->aged_evictions++;
+        s = replay_get(ctx->senders, boot_id, 0, NULL);
     }
-    window_accept(s, seq);
-    if (sent_ms > s->newest_ms)
-        s->newest_ms = sent_ms;
+    replay_accept(ctx->senders, s, seq);
+    replay_touch(ctx->senders, s, sent_ms > replay_last_ms(s) ? sent_ms : replay_last_ms(s));
     ctx->stats.opened++;
     if (info != NULL) {
         info->boot_id = boot_id;
@@ -433,19 +279,9 @@ size_t peer_frame_expire(peer_frame_t *ctx, uint64_t now_ms)
 {
     if (ctx == NULL)
         return 0;
-    /* LRU order is by last acceptance, not by newest_ms: scan the whole table (bounded). */
-    size_t dropped = 0;
-    uint32_t i = ctx->lru_tail;
-    while (i != NIL) {
-        uint32_t prev = ctx->senders[i].lru_prev;
-        if (sender_aged_out(ctx, &ctx->senders[i], now_ms)) {
-            sender_remove(ctx, i);
-            ctx->stats.expired++;
-            dropped++;
-        }
-        i = prev;
-    }
-    return dropped;
+    /* LRU order is by last acceptance, not by newest sent_ms: scan the whole table (bounded).
+     * The cut matches sender_aged_out: dropped when newest < now_ms - time_window_ms. */
+    return replay_expire_scan(ctx->senders, now_ms, ctx->time_window_ms);
 }
 
 const char *peer_frame_reason_name(peer_frame_reason_t why)
@@ -494,7 +330,12 @@ uint64_t peer_frame_seq(const peer_frame_t *ctx)
 
 void peer_frame_get_stats(const peer_frame_t *ctx, peer_frame_stats_t *out)
 {
+    replay_stats_t rs;
+    replay_get_stats(ctx->senders, &rs);
     *out = ctx->stats;
+    out->evicted = rs.evicted - ctx->aged_evictions;
+    out->expired = rs.expired + ctx->aged_evictions;
+    out->senders = rs.entries;
 }
 
 bool peer_version_compatible(uint32_t major_local, uint32_t major_remote, char *why, size_t why_cap)
