@@ -5,6 +5,7 @@
  * buffer are truncated rather than split (a split line could interleave with another
  * thread's). */
 #include "node/log.h"
+#include "node/util.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -149,16 +150,12 @@ static void out_raw(out_t *o, const char *s, size_t len)
 
 static void out_int(out_t *o, int64_t v)
 {
-    char tmp[24];
-    size_t i = sizeof(tmp);
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
+    char tmp[22];
+    size_t i = 0;
     if (v < 0)
-        tmp[--i] = '-';
-    out_raw(o, tmp + i, sizeof(tmp) - i);
+        tmp[i++] = '-';
+    i += util_u64_dec(v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, tmp + i);
+    out_raw(o, tmp, i);
 }
 
 static void out_str(out_t *o, const char *s)

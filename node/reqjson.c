@@ -10,6 +10,7 @@
  * edits by offset and copies the body around them into the caller's wipe_buf_t, sized once.
  * Errors carry fixed texts only. */
 #include "node/reqjson.h"
+#include "node/util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -681,19 +682,6 @@ static void tail_member(tail_t *t, const char *key_colon)
 
 /* Writes v (> 0) in decimal to text (at least 19 bytes); returns the length. snprintf costs
  * more than the rest of a rewrite. */
-static size_t count_text(int64_t v, char *text)
-{
-    char rev[20];
-    size_t n = 0;
-    do {
-        rev[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    for (size_t i = 0; i < n; i++)
-        text[i] = rev[n - 1 - i];
-    return n;
-}
-
 int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, const reqjson_rewrite_t *rw,
                     wipe_buf_t *out, char *err, size_t errlen)
 {
@@ -717,7 +705,7 @@ int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, cons
     edit_t edits[5];
     size_t n_edits = 0;
     tail_t tail = {.len = 0, .has_members = at->has_members};
-    char max_value[20];
+    char max_value[21];
     if (rw->model != NULL && strcmp(rw->model, info->model) != 0)
         edits[n_edits++] = (edit_t){
             .start = at->model.start, .end = at->model.end, .text = NULL, .len = json_string_len(rw->model, model_len)};
@@ -743,7 +731,7 @@ int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, cons
     }
     key_id_t max_key = default_max_key(ep);
     if (rw->default_max_output_tokens > 0 && info->max_output_tokens < 0 && max_key != KEY_OTHER) {
-        size_t n = count_text(rw->default_max_output_tokens, max_value);
+        size_t n = util_u64_dec((uint64_t)rw->default_max_output_tokens, max_value);
         if (at->max_output.end != 0) { /* null */
             edits[n_edits++] =
                 (edit_t){.start = at->max_output.start, .end = at->max_output.end, .text = max_value, .len = n};
