@@ -1126,13 +1126,10 @@ static void relay_admitted(relay_t *r, const quota_decision_t *d)
         .default_max_output_tokens = r->force_max_output,
         .info = info,
     };
-    /* Most requests need no change (same model name upstream, non-stream): then the body
-     * goes up as it came, without a second parse. */
-    bool unchanged = strcmp(r->route->upstream_model, info->model) == 0 && !(rw.include_usage && info->include_usage != 1) &&
-                     !(rw.store_false_by_default && info->store == -1) && r->force_max_output == 0;
-    int ret = unchanged ? wipe_buf_append(&r->body, req->entity.base, req->entity.len)
-                        : reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body,
-                                          err, sizeof(err));
+    /* With the inspection's spans, the rewrite splices its edits into a copy of the body
+     * (no second parse); a body that needs none goes up as it came. */
+    int ret = reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err,
+                              sizeof(err));
     if (ret != 0) {
         relay_fail(r, ret == -EINVAL ? 400 : 503, ret == -EINVAL ? "invalid_request" : "unavailable",
                    ret == -EINVAL ? err : "The relay is out of memory.");
