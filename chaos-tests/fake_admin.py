@@ -2,7 +2,7 @@
 
 It doubles as an executable version of the spec: every status, error shape and field of
 docs/admin-api.md (health, providers, keys with rotation, prices, tokens and roles, logs,
-usage, audit) is implemented here, on the stdlib's
+usage, audit, cluster membership, drain) is implemented here, on the stdlib's
 http.server, bound to 127.0.0.1 on an ephemeral port. Use it from a test:
 
     fake = FakeAdmin(tokens={"tok": "admin"}); fake.start(); ... fake.stop()
@@ -11,7 +11,9 @@ or run it by hand: `python3 fake_admin.py --token tok` prints `PORT <n>` and ser
 Upstream keys are kept in memory only and answered masked ("…" + last 4 characters).
 Logs and usage are computed from `state.records` (metadata records a test puts there);
 `state.spent[key_id]` sets what a key has spent; every /admin/v1/ call is appended to
-`state.audit`.
+`state.audit`. The fake is the node `state.name` ("fake"); `state.members` is what GET
+/admin/v1/cluster answers (a test may add members); POST /admin/v1/drain of the fake itself
+sets `state.draining` (then /readyz answers 503).
 """
 
 import argparse
@@ -46,6 +48,7 @@ ERROR_KIND = {
     409: ("invalid_request_error", "conflict"),
     413: ("invalid_request_error", "request_too_large"),
     500: ("api_error", "internal_error"),
+    501: ("api_error", "not_implemented"),
     503: ("api_error", "etcd_unavailable"),
 }
 
@@ -140,6 +143,9 @@ class State:
         self.keys = {}  # id -> record (sha256 of secret, never the secret)
         self.etcd_up = True
         self.draining = False
+        self.name = "fake"
+        self.members = [{"name": "fake", "region": "local", "version": "0.0.0-fake", "status": "alive",
+                         "gossip": None, "keys_owned": 0, "load": None}]
         self.revision = 1
         self.lock = threading.Lock()
         self.requests = []  # (method, path) log, for tests
@@ -444,7 +450,8 @@ class State:
             now = now_utc()
             parts = path[len("/admin/v1/"):].split("/")
             templ = {"providers": "{name}", "keys": "{id}", "prices": "{model}", "tokens": "{name}"}
-            action = "/admin/v1/" + parts[0] if parts[0] in templ or parts[0] in ("logs", "usage", "audit") \
+            action = "/admin/v1/" + parts[0] if parts[0] in templ or \
+                parts[0] in ("logs", "usage", "audit", "cluster", "drain") \
                 else "/admin/v1/(unknown)"
             if len(parts) >= 2 and parts[0] in templ:
                 action += "/" + templ[parts[0]]
@@ -504,7 +511,7 @@ class State:
             raise ApiError(403, "this token's role (operator) may not read the audit log")
         body = {}
         if method in ("PUT", "POST") and route in ("provider_put", "key_create", "price_put", "token_create") or \
-                (route == "key_rotate" and body_bytes):
+                (route in ("key_rotate", "drain") and body_bytes):
             try:
                 body = json.loads(body_bytes.decode("utf-8")) if body_bytes else None
             except (ValueError, UnicodeDecodeError):
@@ -564,7 +571,28 @@ class State:
             return 200, self.usage(q)
         if route == "audit":
             return 200, self.audit_read(q)
+        if route == "cluster":
+            for m in self.members:
+                m["keys_owned"] = len(self.keys) if m["name"] == self.name else m.get("keys_owned", 0)
+            return 200, {"members": [dict(m) for m in self.members]}
+        if route == "drain":
+            return self.drain(body, who)
         raise ApiError(404, "not found")
+
+    def drain(self, body, who):
+        """POST /admin/v1/drain: the fake itself drains (202, idempotent); a live member is
+        not reachable (501, as a node without --peer-listen answers); anything
+        else is an unknown node (404)."""
+        name = body.get("node")
+        if name is not None and (not isinstance(name, str) or not PROVIDER_NAME.match(name)):
+            raise ApiError(400, "\"node\" must be a node name (1..64 characters of [A-Za-z0-9._-])")
+        who["target"] = name or self.name
+        if name is None or name == self.name:
+            self.draining = True
+            return 202, {"node": self.name, "draining": True}
+        if any(m["name"] == name and m["status"] in ("alive", "suspect") for m in self.members):
+            raise ApiError(501, "draining another node needs peer RPC (--peer-listen) on both nodes")
+        raise ApiError(404, "unknown node " + name)
 
     def route(self, parts, method):
         def allow(methods, name):
@@ -605,8 +633,10 @@ class State:
             if not PROVIDER_NAME.match(parts[1]):
                 raise ApiError(404, "no such token")
             return allow(["DELETE"], {"DELETE": "token_delete"})
-        if parts in (["logs"], ["usage"], ["audit"]):
+        if parts in (["logs"], ["usage"], ["audit"], ["cluster"]):
             return allow(["GET"], {"GET": parts[0]})
+        if parts == ["drain"]:
+            return allow(["POST"], {"POST": "drain"})
         raise ApiError(404, "not found")
 
     def get_price(self, model):

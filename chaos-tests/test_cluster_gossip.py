@@ -1,4 +1,4 @@
-# ctest-labels: e2e
+# ctest-labels: e2e sanitize
 """SWIM membership in the node (issue 4): three nodes on loopback, gossiping over UDP
 sealed with a shared cluster key, see each other alive in GET /admin/v1/cluster and
 `llmrelayctl cluster status`; packets that are random bytes, bit-flipped or replayed are
@@ -204,3 +204,127 @@ def test_sigkill_is_seen_as_dead(nodes, trio):
     print("g4 (SIGKILL) seen dead by g1 after %.2fs, by g2 after %.2fs" % (seen["g1"], seen["g2"]))
     assert "member g4 dead" in g1.logs_text()
     assert harness.httpx.get(g1.admin_url + "/healthz", timeout=5).status_code == 200
+
+
+# ------------------------------------------------------------------ push-pull over TCP
+PP_ENV = dict(os.environ, LLMRELAY_GOSSIP_PUSHPULL_MS="300")  # hidden test knob: push-pull often
+
+
+def pp_node(nodes, name, key, join=None):
+    port = harness.free_port()
+    args = ["--gossip", "127.0.0.1:%d" % port, "--cluster-key-file", key, "--region", "r-" + name]
+    if join:
+        args += ["--join", join]
+    n = nodes.make(name, extra_args=args, env=PP_ENV)
+    n.gossip_addr = "127.0.0.1:%d" % port
+    n.gossip_port = port
+    return n.start()
+
+
+def pp_lines(node, direction="with"):
+    return [line for line in node.logs_text().splitlines() if "gossip: push-pull %s" % direction in line]
+
+
+@pytest.fixture(scope="module")
+def pp_trio(nodes, key):
+    p1 = pp_node(nodes, "p1", key)
+    p2 = pp_node(nodes, "p2", key, join=p1.gossip_addr)
+    wait_for(lambda: statuses(p2).get("p1") == "alive", 10, "p2 to see p1")
+    p3 = pp_node(nodes, "p3", key, join=p2.gossip_addr)
+    return p1, p2, p3
+
+
+def test_pushpull_on_join_and_periodic(pp_trio):
+    p1, p2, p3 = pp_trio
+    # p3 only knows p2's address; its first push-pull with p2 brings p2's whole table (p1 too)
+    wait_for(lambda: statuses(p3).get("p1") == "alive", 10, "p3 to learn p1")
+    first = wait_for(lambda: [line for line in pp_lines(p3) if p2.gossip_addr in line], 10,
+                     "p3 to push-pull with its seed p2")
+    received = int(first[0].split("received ")[1].split()[0])
+    assert received >= 2, first[0]  # p2 and p1 (p2's table when p3 connected)
+    # the periodic push-pull (every 300 ms here) runs on every node, both ways
+    for n in pp_trio:
+        wait_for(lambda: len(pp_lines(n)) >= 3, 10, "%s to run periodic push-pulls" % n.name)
+    assert "dropped" not in "\n".join(pp_lines(p1) + pp_lines(p2) + pp_lines(p3))
+    for n in pp_trio:
+        wait_for(lambda: {k for k, v in statuses(n).items() if v == "alive"} >= {"p1", "p2", "p3"}, 10,
+                 "%s to see p1..p3 alive" % n.name)
+
+
+def test_pushpull_garbage_is_dropped(pp_trio):
+    p1 = pp_trio[0]
+    target = ("127.0.0.1", p1.gossip_port)
+
+    def conn():
+        s = socket.create_connection(target, timeout=5)
+        hello = b""
+        while len(hello) < 21:
+            chunk = s.recv(21 - len(hello))
+            assert chunk, "no hello"
+            hello += chunk
+        assert hello[:5] == b"LRPP\x01"
+        return s
+
+    def port_of(s):
+        return "127.0.0.1:%d" % s.getsockname()[1]
+
+    cases = {}
+    # a well-formed frame under no key at all: the tag does not verify
+    s = conn()
+    body = secrets.token_bytes(300)
+    s.sendall(secrets.token_bytes(16) + b"\x01" + len(body).to_bytes(4, "big") + body + secrets.token_bytes(16))
+    cases[port_of(s)] = ("forged", s)
+    # random bytes: another frame version
+    s = conn()
+    s.sendall(secrets.token_bytes(16) + b"\x07" + secrets.token_bytes(100))
+    cases[port_of(s)] = ("malformed", s)
+    # a declared length over the bound: refused before anything is buffered
+    s = conn()
+    s.sendall(secrets.token_bytes(16) + b"\x01\x7f\xff\xff\xff")
+    cases[port_of(s)] = ("oversized", s)
+    # silent: closed by the node after ~2 s
+    t0 = time.monotonic()
+    s = conn()
+    cases[port_of(s)] = ("timed out", s)
+    for addr, (why, s) in cases.items():
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b"", "%s: the node answered" % why
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert time.monotonic() - t0 < 4, "a silent connection was held too long"
+    text = p1.logs_text()
+    for addr, (why, _) in cases.items():
+        assert ("push-pull from %s dropped (%s" % (addr, why)) in text, (addr, why)
+    # healthy, and push-pull still works
+    assert harness.httpx.get(p1.admin_url + "/healthz", timeout=5).status_code == 200
+    n = len(pp_lines(p1))
+    wait_for(lambda: len(pp_lines(p1)) > n, 10, "p1 to push-pull again")
+
+
+# ------------------------------------------------------------------ discovery through etcd
+def test_etcd_discovery_without_join(nodes, etcd, key):
+    """Three nodes started with no --join find each other through members/<name> in etcd
+    (they also find the module's other nodes: same etcd prefix); a graceful stop revokes
+    the registration's lease, so the key is gone at once (not after its 10 s TTL)."""
+    ds = [gossip_node(nodes, name, key) for name in ("d1", "d2", "d3")]
+    t0 = time.monotonic()
+    for n in ds:
+        wait_for(lambda: {k for k, v in statuses(n).items() if v == "alive"} >= {"d1", "d2", "d3"}, 15,
+                 "%s to see d1..d3 alive with no --join" % n.name)
+    print("d1..d3 found each other through etcd after %.2fs" % (time.monotonic() - t0))
+    regs = etcd.range_prefix(nodes.prefix + "members/")
+    for n in ds:
+        value = regs.get(nodes.prefix + "members/" + n.name)
+        assert value is not None, sorted(regs)
+        # MemberRegistration: the gossip address and the region are in it (protobuf strings)
+        assert n.gossip_addr.encode() in value and ("r-" + n.name).encode() in value
+    assert "etcd lists" in ds[0].logs_text() or "etcd lists" in ds[1].logs_text()
+    t0 = time.monotonic()
+    assert ds[2].stop() == 0
+    assert nodes.prefix + "members/d3" not in etcd.range_prefix(nodes.prefix + "members/")
+    assert time.monotonic() - t0 < 8, "the registration outlived a graceful stop"
+    assert "registration %smembers/d3 revoked" % nodes.prefix in ds[2].logs_text()
+    for n in ds[:2]:
+        wait_for(lambda: statuses(n).get("d3") == "left", 10, "%s to see d3 left" % n.name)

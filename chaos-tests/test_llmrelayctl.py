@@ -638,3 +638,86 @@ def test_non_json_error_body(token_file):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- cluster status and node drain ------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["cluster", "--help"], ["cluster", "status", "--help"], ["node", "--help"],
+                                  ["node", "drain", "--help"]])
+def test_cluster_node_help(args):
+    p = run(args)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: llmrelayctl")
+
+
+@pytest.mark.parametrize("args", [["cluster"], ["cluster", "bogus"], ["cluster", "status", "extra"],
+                                  ["cluster", "status", "--bogus"], ["node"], ["node", "bogus"],
+                                  ["node", "drain", "a", "b"], ["node", "drain", "--bogus"], ["node", "drain", ""]])
+def test_cluster_node_usage_errors_exit_2(fake, token_file, args):
+    p = run(["--admin", fake.url, "--token-file", token_file] + args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.strip(), "a usage error says what is wrong"
+    assert not any(path in ("/admin/v1/drain", "/admin/v1/cluster") for _, path in fake.state.requests)
+    assert not fake.state.draining
+
+
+def test_cluster_status(fake, token_file):
+    fake.state.members.append({"name": "other-1", "region": "eu", "version": "0.0.0-fake", "status": "suspect",
+                               "gossip": "127.0.0.1:7946", "keys_owned": 3, "load": None})
+    p = ctl(fake, token_file, "cluster", "status")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "REGION", "VERSION", "STATUS", "GOSSIP", "KEYS", "LOAD"], p.stdout
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["fake"] == ["fake", "local", "0.0.0-fake", "alive", "-", "0", "-"], p.stdout
+    assert rows["other-1"] == ["other-1", "eu", "0.0.0-fake", "suspect", "127.0.0.1:7946", "3", "-"], p.stdout
+    got = ok_json(ctl(fake, token_file, "cluster", "status", json_mode=True))
+    assert [m["name"] for m in got["members"]] == ["fake", "other-1"]
+    for m in got["members"]:
+        assert set(m) == {"name", "region", "version", "status", "gossip", "keys_owned", "load"}
+    assert fake.state.requests[-1] == ("GET", "/admin/v1/cluster")
+    assert fake.state.audit[-1]["action"] == "GET /admin/v1/cluster"
+
+
+def test_node_drain_self(fake, token_file):
+    p = ctl(fake, token_file, "node", "drain")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("node fake is draining"), p.stdout
+    assert fake.state.draining
+    assert fake.state.audit[-1]["action"] == "POST /admin/v1/drain"
+    assert fake.state.audit[-1]["target"] == "fake" and fake.state.audit[-1]["status"] == 202
+    # idempotent, by name, and --json prints the answer as it came
+    assert ok_json(ctl(fake, token_file, "node", "drain", "fake", json_mode=True)) == {"node": "fake", "draining": True}
+    assert fake.state.requests[-1] == ("POST", "/admin/v1/drain")
+
+
+def test_node_drain_other_and_unknown(fake, token_file):
+    fake.state.members.append({"name": "peer-2", "region": "local", "version": "0.0.0-fake", "status": "alive",
+                               "gossip": "127.0.0.1:7947", "keys_owned": 0, "load": None})
+    p = ctl(fake, token_file, "node", "drain", "peer-2")
+    assert p.returncode == 1 and "needs peer RPC" in p.stderr and "(HTTP 501)" in p.stderr, p.stderr
+    p = ctl(fake, token_file, "node", "drain", "nobody")
+    assert p.returncode == 1 and "unknown node nobody" in p.stderr and "(HTTP 404)" in p.stderr, p.stderr
+    p = ctl(fake, token_file, "node", "drain", "bad name!")
+    assert p.returncode == 1 and "(HTTP 400)" in p.stderr, p.stderr
+    assert not fake.state.draining
+    assert [a["target"] for a in fake.state.audit[-3:]] == ["peer-2", "nobody", None]
+
+
+def test_node_drain_roles(fake, tmp_path):
+    f = tmp_path / "t.token"
+    f.write_text(VIEWER_TOKEN)
+    p = run(["--admin", fake.url, "--token-file", str(f), "node", "drain"])
+    assert p.returncode == 1 and "(HTTP 403)" in p.stderr, p.stderr
+    assert not fake.state.draining
+    p = run(["--admin", fake.url, "--token-file", str(f), "cluster", "status"])
+    assert p.returncode == 0, p.stderr
+    f.write_text(OPERATOR_TOKEN)
+    p = run(["--admin", fake.url, "--token-file", str(f), "node", "drain"])
+    assert p.returncode == 0, p.stderr
+    assert fake.state.draining
+
+
+def test_node_drain_unreachable_exit_3(token_file):
+    p = run(["--admin", f"http://127.0.0.1:{closed_port()}", "--token-file", token_file, "node", "drain"])
+    assert p.returncode == 3, (p.stdout, p.stderr)

@@ -56,10 +56,11 @@ typedef struct bcast {
 } bcast_t;
 
 typedef struct relay {
-    bool used, nack_sent;
+    bool used, nack_sent, repinged;
     uint32_t my_seq, orig_seq;
     char requester[SWIM_NAME_MAX];
-    uint64_t nack_at_ms, expire_ms;
+    char target[SWIM_NAME_MAX], target_addr[SWIM_NAME_MAX];
+    uint64_t reping_at_ms, nack_at_ms, expire_ms;
 } relay_t;
 
 struct swim {
@@ -715,6 +716,12 @@ static void fill_piggyback_with(swim_t *s, wbuf_t *w, const uint8_t *first, size
     }
 }
 
+/* True while an update about name is queued (not yet sent retransmit_limit times). */
+static bool bq_has(const swim_t *s, const char *name)
+{
+    return s->bq_index_cap && bq_index_pos(s, name, name_hash(name)) != SIZE_MAX;
+}
+
 static void fill_piggyback(swim_t *s, wbuf_t *w)
 {
     fill_piggyback_with(s, w, NULL, 0);
@@ -727,6 +734,17 @@ static wbuf_t msg_start(swim_t *s, uint8_t *buf, unsigned type)
     w_u8(&w, SWIM_WIRE_VERSION);
     w_u8(&w, type);
     return w;
+}
+
+/* A ping without piggybacked updates: the second try of a probe or of a relay's ping. */
+static void send_bare_ping(swim_t *s, const char *to, uint32_t seq, const char *target)
+{
+    uint8_t buf[SWIM_DATAGRAM_MAX];
+    wbuf_t w = msg_start(s, buf, MSG_PING);
+    w_u32(&w, seq);
+    w_str(&w, target);
+    w_u8(&w, 0);
+    push_datagram(s, to, &w);
 }
 
 static void send_seq_msg(swim_t *s, const char *to, unsigned type, uint32_t seq, const char *target,
@@ -851,7 +869,7 @@ static void apply_suspect(swim_t *s, uint64_t now, const char *name, uint32_t in
     if (m == &s->members[0]) {
         if (inc >= m->info.incarnation)
             refute(s, inc);
-        else if (!s->leaving) /* the accuser missed our refutation: repeat it */
+        else if (!s->leaving && !bq_has(s, m->info.rec.name)) /* the accuser missed our refutation: repeat it */
             queue_update(s, UPD_ALIVE, &m->info, NULL);
         return;
     }
@@ -881,7 +899,7 @@ static void apply_dead(swim_t *s, uint64_t now, const char *name, uint32_t inc, 
     if (m == &s->members[0]) {
         if (inc >= m->info.incarnation)
             refute(s, inc);
-        else if (!s->leaving) /* the accuser missed our refutation: repeat it */
+        else if (!s->leaving && !bq_has(s, m->info.rec.name)) /* the accuser missed our refutation: repeat it */
             queue_update(s, UPD_ALIVE, &m->info, NULL);
         return;
     }
@@ -1028,10 +1046,15 @@ void swim_on_message(swim_t *s, uint64_t now, const char *from_addr, const uint8
             return; /* bounded: the requester will count a missing nack */
         rl->used = true;
         s->n_relays++;
-        rl->nack_sent = false;
+        rl->nack_sent = rl->repinged = false;
         rl->my_seq = ++s->seq;
         rl->orig_seq = seq;
         copy_str(rl->requester, from_addr);
+        copy_str(rl->target, target);
+        copy_str(rl->target_addr, target_addr);
+        /* no ack by half the nack time: ping once more (a lost ping or ack is the common
+         * failure of an indirect path under loss) */
+        rl->reping_at_ms = now + (uint64_t)s->cfg.probe_timeout_ms * 2 / 5 * health_mult(s);
         rl->nack_at_ms = now + (uint64_t)s->cfg.probe_timeout_ms * 4 / 5 * health_mult(s);
         rl->expire_ms = now + (uint64_t)s->cfg.probe_interval_ms * 2 * health_mult(s);
         send_seq_msg(s, target_addr, MSG_PING, rl->my_seq, target, NULL);
@@ -1089,6 +1112,13 @@ static void probe_tick(swim_t *s, uint64_t now)
             send_seq_msg(s, s->members[pick[i]].info.rec.gossip_addr, MSG_PINGREQ, s->probe.seq, t->info.rec.name,
                          t->info.rec.gossip_addr);
         s->probe.expected_nacks = (uint32_t)n;
+        /* and a second direct ping (memberlist's TCP fallback ping, over UDP): a single lost
+         * ping or ack no longer leaves the verdict to the indirect paths alone, which under
+         * uniform loss is most of the false suspicions (and each costs a cluster-wide
+         * suspect + refutation broadcast). It carries no piggybacked updates: when the target
+         * is really gone they would be transmits lost, and they are what spreads the news. */
+        if (t)
+            send_bare_ping(s, t->info.rec.gossip_addr, s->probe.seq, t->info.rec.name);
     }
     if (s->probe.active && now >= s->probe.end_ms) {
         s->probe.active = false;
@@ -1211,6 +1241,10 @@ void swim_tick(swim_t *s, uint64_t now)
         relay_t *rl = &s->relays[i];
         if (!rl->used)
             continue;
+        if (!rl->repinged && now >= rl->reping_at_ms) {
+            rl->repinged = true;
+            send_bare_ping(s, rl->target_addr, rl->my_seq, rl->target);
+        }
         if (!rl->nack_sent && now >= rl->nack_at_ms) {
             rl->nack_sent = true;
             send_seq_msg(s, rl->requester, MSG_NACK, rl->orig_seq, NULL, NULL);

@@ -11,7 +11,11 @@
  *   - Every probe interval the node pings the next member of a shuffled round-robin order.
  *     No ack within the probe timeout: it asks indirect_k other members to ping the target
  *     (ping-req); they answer with the target's ack, or a nack when the target stayed
- *     silent. No ack by the end of the probe period: the target becomes suspect.
+ *     silent; and it pings the target once more itself (no piggybacked updates; the UDP
+ *     analogue of memberlist's TCP fallback ping: under uniform loss a single lost ping or
+ *     ack caused most false suspicions). A relay likewise pings the target a second time
+ *     when no ack came by half its nack time. No ack by the end of the probe period: the
+ *     target becomes suspect.
  *   - Suspicion: a suspect member that does not refute before its suspicion timeout is
  *     declared dead. The timeout starts at max_mult * min and shrinks towards
  *     min = max(suspicion_min_ms, suspicion_mult * max(1, log10 N) * probe_interval) as
@@ -21,7 +25,9 @@
  *     small, from declaring a member dead during a pause of a few seconds (GC, VM).
  *   - Incarnation numbers: a node that hears itself suspected or declared dead bumps its
  *     incarnation and gossips alive; higher incarnations win, at equal incarnation
- *     suspect beats alive and dead/left beat suspect.
+ *     suspect beats alive and dead/left beat suspect. A stale accusation (an incarnation
+ *     already refuted) requeues the refutation only once it is no longer queued, so the
+ *     echoes of one suspicion do not keep restarting its retransmissions.
  *   - Local health (Lifeguard): a score 0..health_max-1; probe interval and timeout are
  *     multiplied by score + 1, and so are the suspicion timeouts this node runs (an extension:
  *     its accusations may not have got out). Missed nacks, failed probes and refutations
@@ -102,7 +108,7 @@ typedef enum swim_event_kind {
     SWIM_EVENT_DEAD = 3,
     SWIM_EVENT_LEFT = 4,
     SWIM_EVENT_UPDATE = 5,   /* alive member's record changed (address, version) */
-    SWIM_EVENT_PUSHPULL = 6, /* caller: run a push-pull with member.rec.peer_addr now */
+    SWIM_EVENT_PUSHPULL = 6, /* caller: run a push-pull with member.rec.gossip_addr now (TCP) */
 } swim_event_kind_t;
 
 typedef struct swim_event {

@@ -4,8 +4,8 @@
  * routes by path. Config reads are answered at once from config_store_current(). Writes
  * build a record, hand it to the config store (or to etcd directly: prices, token
  * deletion, key rotation and revocation as one txn) and answer from the completion
- * callback; prices and the audit log are read from etcd directly; logs and usage are asked
- * of the node (admin_node_ops_t) and its JSON answer relayed. Every one of those waits is an
+ * callback; prices and the audit log are read from etcd directly; logs, usage and drains are
+ * asked of the node (admin_node_ops_t) and its JSON answer relayed. Every one of those waits is an
  * admin_write_t on the heap; it and its request point at each other through a slot in the
  * request pool whose dispose callback cuts the link, so a client that leaves, or
  * admin_stop, makes the later callback a no-op that just frees the write.
@@ -539,6 +539,8 @@ static const char *reason_of(int status)
         return "OK";
     case 201:
         return "Created";
+    case 202:
+        return "Accepted";
     case 400:
         return "Bad Request";
     case 401:
@@ -553,6 +555,8 @@ static const char *reason_of(int status)
         return "Conflict";
     case 413:
         return "Payload Too Large";
+    case 501:
+        return "Not Implemented";
     case 503:
         return "Service Unavailable";
     default:
@@ -2526,7 +2530,9 @@ static void handle_usage(admin_req_t *r)
         send_bad_request(r, msg);
         return;
     }
-    if (a->ops.query_usage == NULL) {
+    /* Cluster-wide questions (no key, not by key) are answered from the metric ring. */
+    bool ring = q.key_id[0] == '\0' && q.by != ADMIN_USAGE_BY_KEY && a->ops.query_ring_usage != NULL;
+    if (!ring && a->ops.query_usage == NULL) {
         send_error(r, 503, "not_available", "this node does not serve usage yet");
         return;
     }
@@ -2535,7 +2541,52 @@ static void handle_usage(admin_req_t *r)
         send_error(r, 500, "internal_error", "out of memory");
         return;
     }
-    a->ops.query_usage(a->ops.data, &q, on_node_answer, w);
+    if (ring)
+        a->ops.query_ring_usage(a->ops.data, &q, on_node_answer, w);
+    else
+        a->ops.query_usage(a->ops.data, &q, on_node_answer, w);
+}
+
+/* GET /admin/v1/metrics?range=DUR&node=NAME (any role). */
+static void handle_metrics(admin_req_t *r)
+{
+    admin_t *a = r->admin;
+    qparam_t params[] = {{.name = "range"}, {.name = "node"}};
+    enum { P_RANGE, P_NODE };
+    char msg[160] = "";
+    admin_metrics_query_t q;
+    memset(&q, 0, sizeof(q));
+    int64_t range = ADMIN_DEFAULT_SINCE_MS;
+    bool ok = parse_query(r->req, params, sizeof(params) / sizeof(params[0]), msg, sizeof(msg));
+    if (ok && params[P_RANGE].present && (admin_parse_duration(params[P_RANGE].value, &range) != 0 || range <= 0)) {
+        snprintf(msg, sizeof(msg), "\"range\" must be a duration (1h, 24h, 7d)");
+        ok = false;
+    }
+    if (ok && params[P_NODE].present) {
+        if (!admin_name_valid(params[P_NODE].value, strlen(params[P_NODE].value))) {
+            snprintf(msg, sizeof(msg), "\"node\" must be a node name");
+            ok = false;
+        } else {
+            copy_str(q.node, sizeof(q.node), params[P_NODE].value);
+            snprintf(r->target, sizeof(r->target), "%s", q.node);
+        }
+    }
+    if (!ok) {
+        send_bad_request(r, msg);
+        return;
+    }
+    q.until_ms = admin_now_ms(a);
+    q.since_ms = q.until_ms - range;
+    if (a->ops.query_metrics == NULL) {
+        send_error(r, 503, "not_available", "this node does not serve the metric ring");
+        return;
+    }
+    admin_write_t *w = write_new(r, QUERY_NODE);
+    if (w == NULL) {
+        send_error(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    a->ops.query_metrics(a->ops.data, &q, on_node_answer, w);
 }
 
 /* ---- audit log ---- */
@@ -2719,6 +2770,16 @@ static void handle_cluster(admin_req_t *r)
             ids[n_keys++] = snap->keys[i]->id;
     admin_cluster_t c;
     memset(&c, 0, sizeof(c));
+    qparam_t params[] = {{.name = "key"}};
+    char msg[160] = "";
+    if (!parse_query(r->req, params, 1, msg, sizeof(msg)) ||
+        (params[0].present && !key_id_valid(params[0].value))) {
+        free(ids);
+        send_error(r, 400, "invalid_request", msg[0] != '\0' ? msg : "\"key\" must be a key id (key_...)");
+        return;
+    }
+    if (params[0].present)
+        c.query_key = params[0].value;
     int rc = a->ops.cluster(a->ops.data, ids, n_keys, &c);
     free(ids);
     jw_t w;
@@ -2771,9 +2832,80 @@ static void handle_cluster(admin_req_t *r)
         }
         jw_map_close(&w);
     }
+    if (c.query_key != NULL) {
+        jw_key(&w, "key");
+        jw_map_open(&w);
+        jw_key(&w, "id");
+        jw_str(&w, c.query_key);
+        jw_key(&w, "owner");
+        if (c.key_owner[0] != '\0')
+            jw_str(&w, c.key_owner);
+        else
+            jw_null(&w);
+        jw_key(&w, "backup");
+        if (c.key_backup[0] != '\0')
+            jw_str(&w, c.key_backup);
+        else
+            jw_null(&w);
+        jw_map_close(&w);
+    }
+    if (c.n_quota > 0) {
+        jw_key(&w, "quota");
+        jw_map_open(&w);
+        for (size_t i = 0; i < c.n_quota && i < sizeof(c.quota_names) / sizeof(c.quota_names[0]); i++) {
+            jw_key(&w, c.quota_names[i]);
+            jw_int(&w, c.quota_values[i] > INT64_MAX ? INT64_MAX : (int64_t)c.quota_values[i]);
+        }
+        jw_map_close(&w);
+    }
     jw_map_close(&w);
     free(c.members);
     send_jw(r, 200, &w);
+}
+
+/* ---- drain ---- */
+
+/* POST /admin/v1/drain (admin, operator) with an optional body {"node": NAME}: asked of the
+ * node (ops.drain), which answers 202 and then drains like on SIGTERM when NAME is itself
+ * (or absent), and answers for another member itself. */
+static void handle_drain(admin_req_t *r)
+{
+    admin_t *a = r->admin;
+    char name[ADMIN_MAX_NAME + 1] = "";
+    h2o_req_t *req = r->req;
+    if (req->entity.base != NULL && req->entity.len > 0) {
+        yajl_val root = parse_body(r);
+        if (root == NULL)
+            return; /* answered */
+        static const char *const known[] = {"node", NULL};
+        char msg[160] = "";
+        yajl_val v = field(root, "node");
+        bool ok = object_keys_ok(root, known, msg, sizeof(msg));
+        if (ok && !is_null(v)) {
+            if (!YAJL_IS_STRING(v) || !admin_name_valid(v->u.string, strlen(v->u.string))) {
+                snprintf(msg, sizeof(msg), "\"node\" must be a node name (1..64 characters of [A-Za-z0-9._-])");
+                ok = false;
+            } else {
+                copy_str(name, sizeof(name), v->u.string);
+            }
+        }
+        tree_free(root);
+        if (!ok) {
+            send_bad_request(r, msg);
+            return;
+        }
+    }
+    snprintf(r->target, sizeof(r->target), "%s", name[0] != '\0' ? name : a->node);
+    if (a->ops.drain == NULL) {
+        send_error(r, 503, "not_available", "this node cannot be drained through the admin API");
+        return;
+    }
+    admin_write_t *w = write_new(r, QUERY_NODE);
+    if (w == NULL) {
+        send_error(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    a->ops.drain(a->ops.data, name[0] != '\0' ? name : NULL, on_node_answer, w); /* may answer at once */
 }
 
 /* Returns the role of the presented token (ROLE_NONE when unknown) and its name. */
@@ -3033,7 +3165,8 @@ static void audit_describe(admin_req_t *r, const char *rest, size_t len)
     static const struct {
         const char *name, *param;
     } resources[] = {{"providers", "{name}"}, {"keys", "{id}"}, {"prices", "{model}"}, {"tokens", "{name}"},
-                     {"logs", NULL},          {"usage", NULL},  {"audit", NULL},       {"cluster", NULL}};
+                     {"logs", NULL},          {"usage", NULL},  {"audit", NULL},       {"cluster", NULL},
+                     {"drain", NULL},         {"metrics", NULL}};
     char method[17], segs[3][ADMIN_MAX_SEGMENT + 2];
     size_t n = 0;
     sanitize_for_log(r->req->method.base, r->req->method.len, method, sizeof(method));
@@ -3200,6 +3333,11 @@ static void route_admin(admin_req_t *r, const char *rest, size_t len)
             handle_logs(r);
         else
             handle_usage(r);
+    } else if (n == 1 && strcmp(segs[0], "metrics") == 0) {
+        if (!get)
+            method_not_allowed(r, "GET");
+        else
+            handle_metrics(r);
     } else if (n == 1 && strcmp(segs[0], "audit") == 0) {
         if (!get)
             method_not_allowed(r, "GET");
@@ -3212,6 +3350,15 @@ static void route_admin(admin_req_t *r, const char *rest, size_t len)
             method_not_allowed(r, "GET");
         else
             handle_cluster(r);
+    } else if (n == 1 && strcmp(segs[0], "drain") == 0) {
+        if (!post)
+            method_not_allowed(r, "POST");
+        else if (!writer)
+            forbidden(r, viewer_msg);
+        else if (too_large)
+            payload_too_large(r);
+        else
+            handle_drain(r);
     } else {
         send_error(r, 404, "not_found", "no such admin endpoint");
     }

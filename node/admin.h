@@ -1,6 +1,6 @@
 /* admin.h — the node's admin API: an HTTP/1.1 (and h2c) JSON listener on --admin-listen
  * serving /healthz, /readyz and /admin/v1/{providers,keys,prices,tokens,logs,usage,audit,cluster}
- * (docs/admin-api.md).
+ * and POST /admin/v1/drain (docs/admin-api.md).
  *
  * It runs on the node's main uv loop (not a worker): its own h2o_globalconf_t, h2o_context_t
  * and listening uv_tcp_t. Config reads come from the config store's current snapshot; writes
@@ -11,7 +11,7 @@
  * Auth: `Authorization: Bearer <token>`. Accepted are the bootstrap token read from
  * cfg->admin_token_file (only its SHA-256 is kept; role admin) and the tokens of the
  * snapshot (config/tokens, roles admin | operator | viewer). viewer may only read; operator
- * may also write keys and providers; admin may do everything (prices, tokens).
+ * may also write keys and providers and drain nodes; admin may do everything (prices, tokens).
  *
  * Audit: every /admin/v1/ call, reads included, becomes an AuditEntry at
  * <prefix>audit/<ts_ms, 13 digits>-<node>-<seq>, written asynchronously in batches (at most
@@ -81,6 +81,15 @@ typedef struct admin_usage_query {
     admin_usage_by_t by;
 } admin_usage_query_t;
 
+/* GET /admin/v1/metrics, validated: the cluster's metric ring over [since_ms, until_ms)
+ * (until = now; since = now - range, range default 24h), one node's slots only when node is
+ * not "". */
+typedef struct admin_metrics_query {
+    int64_t since_ms;
+    int64_t until_ms;
+    char node[68]; /* "" = every node */
+} admin_metrics_query_t;
+
 /* The node's answer to an async query: status 200 with a complete JSON body (the contract's
  * shape; json is borrowed for the call), or an error status (400, 503, 500...) with json
  * NULL or a JSON error body to relay. Called exactly once per query, on the main loop,
@@ -106,6 +115,13 @@ typedef struct admin_cluster {
     size_t n_members;
     bool has_packets;
     uint64_t sealed, opened, malformed, forged, replayed, too_old; /* gossip_seal counts */
+    /* Input (set by the admin module): ?key=ID asks for that key's owner and backup. */
+    const char *query_key;
+    char key_owner[64], key_backup[64]; /* "" = none */
+    /* Sharded quota and peer RPC counters (node/metering.h), n_quota = 0: none. */
+    size_t n_quota;
+    const char *quota_names[24];
+    uint64_t quota_values[24];
 } admin_cluster_t;
 
 typedef struct admin_node_ops {
@@ -120,6 +136,12 @@ typedef struct admin_node_ops {
     /* Async; NULL = answered 503 not_available. q is borrowed for the call only. */
     void (*query_logs)(void *data, const admin_logs_query_t *q, admin_answer_cb done, void *done_ctx);
     void (*query_usage)(void *data, const admin_usage_query_t *q, admin_answer_cb done, void *done_ctx);
+    /* GET /admin/v1/metrics from the cluster's metric ring (node/metrics_ring.h). Async; NULL
+     * = 503. */
+    void (*query_metrics)(void *data, const admin_metrics_query_t *q, admin_answer_cb done, void *done_ctx);
+    /* /admin/v1/usage without a key filter and not by key: cluster-wide, from the metric ring.
+     * NULL = such queries go to query_usage (this node's metadata store) like the others. */
+    void (*query_ring_usage)(void *data, const admin_usage_query_t *q, admin_answer_cb done, void *done_ctx);
     /* The etcd client the config store uses: prices, token deletion, rotation and the audit
      * log are written with it directly. NULL = those answer 503 (and audit entries are
      * dropped). */
@@ -131,6 +153,12 @@ typedef struct admin_node_ops {
      * included. key_ids are the relay key ids of the current snapshot (borrowed for the
      * call), for keys_owned. Returns 0 or a negative error (answered 500). NULL = 503. */
     int (*cluster)(void *data, const char *const *key_ids, size_t n_keys, admin_cluster_t *out);
+    /* POST /admin/v1/drain (roles admin and operator): drain the node called name (a valid
+     * node name, borrowed for the call), or this node when name is NULL. Async, answered
+     * through done like query_logs: 202 {"node","draining":true} once this node's drain is
+     * decided (the answer is sent before the drain starts), or an error status with a JSON
+     * error body (404 unknown node, 501 not wired yet...). NULL = 503. */
+    void (*drain)(void *data, const char *name, admin_answer_cb done, void *done_ctx);
 } admin_node_ops_t;
 
 /* Reads the bootstrap token (if cfg->admin_token_file is set), binds cfg->admin_listen and

@@ -6,11 +6,11 @@
  * snapshot file at start, so the node serves while etcd is down), main compiles an
  * immutable snapshot and hands it to every worker by message.
  *
- * SIGTERM/SIGINT drain in the contract's order: readiness false, stop accepting, GOAWAY,
- * finish in-flight requests (bounded by --shutdown-timeout), exit 0. SIGHUP reloads the
- * TLS certificate. With --gossip, the node is a SWIM member (gossip.c): the first
- * termination signal also announces a graceful leave, and the node keeps its gossip socket
- * until the leave has been gossiped (bounded) before it exits. */
+ * SIGTERM/SIGINT (and POST /admin/v1/drain) drain in the contract's order: readiness false,
+ * stop accepting, GOAWAY, finish in-flight requests (bounded by --shutdown-timeout), hand the
+ * quota shards off, announce leave, exit 0. SIGHUP reloads the TLS certificate. With --gossip, the node is a SWIM member
+ * (gossip.c): once drained it announces a graceful leave, and keeps its gossip socket until
+ * the leave has been gossiped (bounded) before it exits. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +32,7 @@
 #include "node/log.h"
 #include "node/metering.h"
 #include "node/metrics.h"
+#include "node/metrics_ring.h"
 #include "node/privacy.h"
 #include "node/records.h"
 #include "node/server.h"
@@ -54,6 +55,7 @@ typedef struct node {
     config_store_t *store;
     admin_t *admin;
     gossip_t *gossip; /* NULL without --gossip */
+    metrics_ring_t *ring;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t shutdown_timer;
     bool draining;
@@ -185,6 +187,25 @@ static void admin_query_usage(void *data, const admin_usage_query_t *q, admin_an
     records_query_usage(n->records, &rq, on_records_answer, a);
 }
 
+/* The metric ring answers GET /admin/v1/metrics and cluster-wide usage. */
+static void admin_query_metrics(void *data, const admin_metrics_query_t *q, admin_answer_cb done, void *done_ctx)
+{
+    metrics_ring_query_t mq = {.view = RING_VIEW_METRICS, .from_ms = q->since_ms, .to_ms = q->until_ms};
+    snprintf(mq.node, sizeof(mq.node), "%.64s", q->node); /* node names are 1..64 characters */
+    metrics_ring_query(((node_t *)data)->ring, &mq, done, done_ctx);
+}
+
+static void admin_query_ring_usage(void *data, const admin_usage_query_t *q, admin_answer_cb done, void *done_ctx)
+{
+    static const metrics_ring_group_t by[] = {[ADMIN_USAGE_BY_NONE] = RING_GROUP_NONE,
+                                              [ADMIN_USAGE_BY_MODEL] = RING_GROUP_MODEL,
+                                              [ADMIN_USAGE_BY_HOUR] = RING_GROUP_HOUR,
+                                              [ADMIN_USAGE_BY_NODE] = RING_GROUP_NODE};
+    metrics_ring_query_t mq = {.view = RING_VIEW_USAGE, .from_ms = q->since_ms, .to_ms = q->until_ms,
+                               .by = (unsigned)q->by < sizeof(by) / sizeof(by[0]) ? by[q->by] : RING_GROUP_NONE};
+    metrics_ring_query(((node_t *)data)->ring, &mq, done, done_ctx);
+}
+
 static int admin_render_metrics(void *data, wipe_buf_t *out)
 {
     node_t *n = data;
@@ -214,8 +235,14 @@ static void on_store_log(int level, const char *msg, void *data)
 static int admin_cluster(void *data, const char *const *key_ids, size_t n_keys, admin_cluster_t *out)
 {
     node_t *n = data;
-    if (n->gossip != NULL)
-        return gossip_cluster(n->gossip, key_ids, n_keys, out);
+    if (n->gossip != NULL) {
+        const char *query_key = out->query_key;
+        int rc = gossip_cluster(n->gossip, key_ids, n_keys, out);
+        out->query_key = query_key;
+        if (rc == 0)
+            metering_cluster_view(n->metering, out);
+        return rc;
+    }
     admin_cluster_member_t *self = calloc(1, sizeof(*self));
     if (self == NULL)
         return -ENOMEM;
@@ -289,6 +316,26 @@ static void on_shutdown_timeout(uv_timer_t *t)
     finish(n, 0);
 }
 
+/* The drain of SIGTERM and of POST /admin/v1/drain, in DESIGN.md's order: readiness false
+ * (n->draining, read by /readyz on this loop, is set before anything else), then each worker
+ * stops accepting and sends GOAWAY (server_drain), in-flight requests finish (bounded by
+ * --shutdown-timeout), and only then, once the loop has stopped, main() announces the leave
+ * (gossip_leave) and exits 0. The leave is not announced here: members would move this
+ * node's keys away while its in-flight requests still run. Between the drained requests and
+ * the leave, main() hands the quota shards this node owns to their next owners
+ * (metering_handoff_all). */
+static void node_begin_drain(node_t *n, const char *why)
+{
+    if (n->draining)
+        return;
+    log_info("%s: draining (timeout %llu ms)", why, (unsigned long long)n->cfg.shutdown_timeout_ms);
+    n->draining = true;
+    server_drain(&n->server, on_drained);
+    uv_timer_init(n->loop, &n->shutdown_timer);
+    n->shutdown_timer.data = n;
+    uv_timer_start(&n->shutdown_timer, on_shutdown_timeout, n->cfg.shutdown_timeout_ms, 0);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     node_t *n = h->data;
@@ -305,13 +352,65 @@ static void on_signal(uv_signal_t *h, int signum)
         finish(n, 0);
         return;
     }
-    log_info("signal %d: draining (timeout %llu ms)", signum, (unsigned long long)n->cfg.shutdown_timeout_ms);
-    n->draining = true;
-    gossip_leave(n->gossip);
-    server_drain(&n->server, on_drained);
-    uv_timer_init(n->loop, &n->shutdown_timer);
-    n->shutdown_timer.data = n;
-    uv_timer_start(&n->shutdown_timer, on_shutdown_timeout, n->cfg.shutdown_timeout_ms, 0);
+    char why[32];
+    snprintf(why, sizeof(why), "signal %d", signum);
+    node_begin_drain(n, why);
+}
+
+/* POST /admin/v1/drain. This node (name NULL or its own): answer 202 first, then drain as on
+ * SIGTERM (idempotent: a node already draining answers 202 again). Another node: 404 when
+ * gossip does not know it as a live member; else the request goes to it over peer RPC (202
+ * with "via"), or 501 when this node runs without --peer-listen. */
+static void admin_drain(void *data, const char *name, admin_answer_cb done, void *done_ctx)
+{
+    node_t *n = data;
+    char body[256];
+    int len;
+    if (name == NULL || strcmp(name, n->cfg.name) == 0) {
+        len = snprintf(body, sizeof(body), "{\"node\":\"%s\",\"draining\":true}", n->cfg.name);
+        done(done_ctx, 202, body, (size_t)len); /* sent before the drain closes anything */
+        if (!n->draining)
+            node_begin_drain(n, "admin call");
+        return;
+    }
+    bool member = false;
+    admin_cluster_t c = {0};
+    if (n->gossip != NULL && gossip_cluster(n->gossip, NULL, 0, &c) == 0)
+        for (size_t i = 0; i < c.n_members; i++)
+            if (strcmp(c.members[i].name, name) == 0 && c.members[i].status != NULL &&
+                (strcmp(c.members[i].status, "alive") == 0 || strcmp(c.members[i].status, "suspect") == 0))
+                member = true;
+    free(c.members);
+    if (!member) {
+        len = snprintf(body, sizeof(body),
+                       "{\"error\":{\"message\":\"unknown node %s\",\"type\":\"not_found_error\","
+                       "\"code\":\"not_found\"}}",
+                       name);
+        done(done_ctx, 404, body, (size_t)len);
+        return;
+    }
+    /* Forwarded over peer RPC (one-way: queued here, the member drains when it arrives). */
+    int rc = metering_drain_remote(n->metering, name, n->cfg.name);
+    if (rc == 0) {
+        len = snprintf(body, sizeof(body), "{\"node\":\"%s\",\"draining\":true,\"via\":\"%s\"}", name, n->cfg.name);
+        done(done_ctx, 202, body, (size_t)len);
+        return;
+    }
+    len = snprintf(body, sizeof(body),
+                   "{\"error\":{\"message\":\"draining another node needs peer RPC (--peer-listen) on both "
+                   "nodes\",\"type\":\"api_error\",\"code\":\"not_implemented\"}}");
+    done(done_ctx, 501, body, (size_t)len);
+}
+
+/* A member asked this node to drain (POST /admin/v1/drain {"node": this} on that member). */
+static void on_peer_drain(void *data, const char *by)
+{
+    node_t *n = data;
+    if (n->draining)
+        return;
+    char why[96];
+    snprintf(why, sizeof(why), "drain asked by member %s", by);
+    node_begin_drain(n, why);
 }
 
 static void on_clock_timer(uv_timer_t *t)
@@ -430,10 +529,20 @@ int main(int argc, char **argv)
         .key_spent = admin_key_spent,
         .query_logs = admin_query_logs,
         .query_usage = admin_query_usage,
+        .query_metrics = admin_query_metrics,
+        .query_ring_usage = admin_query_ring_usage,
         .etcd = n->etcd,
         .render_metrics = admin_render_metrics,
         .cluster = admin_cluster,
+        .drain = admin_drain,
     };
+    metrics_ring_options_t ring_opts = {.loop = n->loop, .etcd = n->etcd, .prefix = n->cfg.etcd_prefix,
+                                        .node = n->cfg.name, .clock = &n->clock, .metrics = n->metrics,
+                                        .store = n->store, .retention_ms = (int64_t)n->cfg.retention_ms};
+    if ((ret = metrics_ring_start(&ring_opts, &n->ring)) != 0) {
+        fprintf(stderr, "llmrelay: cannot start the metrics ring: %s\n", strerror(-ret));
+        return 1;
+    }
     if ((ret = admin_start(n->loop, &n->cfg, n->store, &admin_ops, &n->admin, err, sizeof(err))) != 0) {
         fprintf(stderr, "llmrelay: %s\n", err);
         return 1;
@@ -448,7 +557,19 @@ int main(int argc, char **argv)
             fprintf(stderr, "llmrelay: --cluster-key-file %s: %s\n", n->cfg.cluster_key_file, secrets_key_error(ret));
             return 2;
         }
-        ret = gossip_start(n->loop, &n->cfg, ckey.bytes, sizeof(ckey.bytes), &n->gossip, err, sizeof(err));
+        ret = gossip_start(n->loop, &n->cfg, ckey.bytes, sizeof(ckey.bytes), n->etcd, &n->gossip, err,
+                           sizeof(err));
+        /* Sharded quota over peer RPC needs --peer-listen; without it the node gossips
+         * but keeps its keys' counters to itself. */
+        if (ret == 0 && n->cfg.peer_listen != NULL) {
+            ret = metering_enable_cluster(n->metering, n->loop, n->cfg.name, ckey.bytes, sizeof(ckey.bytes), n->gossip,
+                                          err, sizeof(err));
+            metering_set_drain_handler(n->metering, on_peer_drain, n);
+            if (ret == 0)
+                metering_set_etcd(n->metering, n->etcd, n->cfg.etcd_prefix);
+        }
+        else if (ret == 0)
+            log_warn("--gossip without --peer-listen: key quotas are not shared with the cluster");
         secrets_key_dispose(&ckey);
         if (ret != 0) {
             fprintf(stderr, "llmrelay: %s\n", err);
@@ -479,10 +600,18 @@ int main(int argc, char **argv)
              n->cfg.listen_plain ? n->cfg.listen_plain : "", n->cfg.admin_listen, n->cfg.etcd);
     uv_run(n->loop, UV_RUN_DEFAULT);
 
-    /* A node leaving the cluster tells it (bounded by GOSSIP_LEAVE_MAX_MS) before it goes. */
+    /* A node leaving the cluster hands the keys it owns to their next owners, then tells it
+     * (bounded by GOSSIP_LEAVE_MAX_MS) before it goes. */
+    metering_handoff_all(n->metering);
+    uv_run(n->loop, UV_RUN_NOWAIT);
+    uint64_t ckpt_deadline = uv_now(n->loop) + 3000;
+    while (metering_checkpoints_pending(n->metering) && uv_now(n->loop) < ckpt_deadline &&
+           uv_run(n->loop, UV_RUN_ONCE) != 0)
+        uv_update_time(n->loop);
     gossip_leave(n->gossip);
     while (!gossip_leave_done(n->gossip) && uv_run(n->loop, UV_RUN_ONCE) != 0)
         ;
+    metering_stop_cluster(n->metering);
     gossip_stop(n->gossip);
     n->gossip = NULL;
     uv_timer_stop(&n->etcd_probe_timer);
@@ -493,6 +622,10 @@ int main(int argc, char **argv)
     bool records_closed = false;
     records_close(n->records, &records_closed);
     while (!records_closed && uv_run(n->loop, UV_RUN_ONCE) != 0)
+        ;
+    bool ring_stopped = false; /* the last slot goes to etcd (bounded by 2 s) */
+    metrics_ring_stop(n->ring, &ring_stopped);
+    while (!ring_stopped && uv_run(n->loop, UV_RUN_ONCE) != 0)
         ;
     admin_stop(n->admin);
     config_store_destroy(n->store);

@@ -25,9 +25,9 @@
 
 #define MODEL_SLOTS (METRICS_MAX_MODELS + 1)
 #define PROVIDER_SLOTS (METRICS_MAX_PROVIDERS + 1)
-#define STATUS_CLASSES 4 /* 2xx 3xx 4xx 5xx */
-#define TOKEN_KINDS 4    /* input, output, cached input, reasoning */
-#define BUCKETS 16       /* 15 finite bounds + +Inf */
+#define STATUS_CLASSES METRICS_STATUS_CLASSES
+#define TOKEN_KINDS METRICS_TOKEN_KINDS
+#define BUCKETS METRICS_BUCKETS
 #define LINE_MAX_BYTES (2 * METRICS_NAME_MAX + 256)
 
 static const uint64_t bucket_bound_us[BUCKETS - 1] = {
@@ -70,6 +70,7 @@ struct metrics_shard {
     _Atomic uint64_t upstream[PROVIDER_SLOTS][METRICS_UPSTREAM_KIND_COUNT];
     histogram_t duration[METRICS_EP_COUNT], ttfb[METRICS_EP_COUNT];
     _Atomic int64_t open_streams;
+    _Atomic uint64_t statuses[METRICS_STATUS_CODES]; /* by exact status, for the ring */
 };
 
 /* Plain mirrors of the counters, for sums and baselines (main thread). */
@@ -126,7 +127,16 @@ struct metrics {
     model_totals_t *model_base, *model_sum;                 /* [MODEL_SLOTS] */
     uint64_t (*provider_base)[METRICS_UPSTREAM_KIND_COUNT]; /* [PROVIDER_SLOTS] */
     uint64_t (*provider_sum)[METRICS_UPSTREAM_KIND_COUNT];  /* [PROVIDER_SLOTS] */
+    struct delta_prev *prev; /* metrics_take_delta's last sums; NULL until its first call */
 };
+
+/* What metrics_take_delta saw last time (raw shard sums, no baselines). */
+typedef struct delta_prev {
+    model_totals_t models[MODEL_SLOTS], cur_model;
+    uint64_t providers[PROVIDER_SLOTS][METRICS_UPSTREAM_KIND_COUNT];
+    histogram_totals_t latency[METRICS_EP_COUNT];
+    uint64_t statuses[METRICS_STATUS_CODES];
+} delta_prev_t;
 
 static uint64_t name_hash(const char *s, size_t len)
 {
@@ -335,6 +345,7 @@ void metrics_free(metrics_t *m)
     free(m->provider_sum);
     registry_free(&m->models);
     registry_free(&m->providers);
+    free(m->prev);
     free(m);
 }
 
@@ -550,6 +561,8 @@ void metrics_record_request(metrics_shard_t *s, const metrics_request_t *r)
     int cls = r->status / 100;
     cls = cls < 2 ? 2 : cls > 5 ? 5 : cls;
     add(&c->requests[r->endpoint][cls - 2], 1);
+    if (r->status >= METRICS_STATUS_MIN && r->status < METRICS_STATUS_MIN + METRICS_STATUS_CODES)
+        add(&s->statuses[r->status - METRICS_STATUS_MIN], 1);
     const int64_t tokens[TOKEN_KINDS] = {r->input_tokens, r->output_tokens, r->cached_input_tokens,
                                          r->reasoning_tokens};
     for (int k = 0; k < TOKEN_KINDS; k++)
@@ -590,6 +603,75 @@ int metrics_endpoint_from_name(const char *name)
 const char *metrics_endpoint_name(metrics_endpoint_t e)
 {
     return (unsigned)e < METRICS_EP_COUNT ? endpoint_names[e] : "unknown";
+}
+
+/* ---- roll-ups ---- */
+
+static const char *slot_name(const registry_t *reg, size_t slot);
+
+uint64_t metrics_bucket_bound_us(int b)
+{
+    return b >= 0 && b < BUCKETS - 1 ? bucket_bound_us[b] : UINT64_MAX;
+}
+
+static uint64_t delta_of(uint64_t cur, uint64_t *prev)
+{
+    uint64_t d = cur >= *prev ? cur - *prev : cur; /* never below: counters only grow */
+    *prev = cur;
+    return d;
+}
+
+int metrics_take_delta(metrics_t *m, const metrics_delta_visitor_t *v)
+{
+    if (m->prev == NULL && (m->prev = calloc(1, sizeof(*m->prev))) == NULL)
+        return -ENOMEM;
+    delta_prev_t *p = m->prev;
+    for (size_t slot = 0; slot < MODEL_SLOTS; slot++) {
+        model_totals_t *cur = &p->cur_model, d;
+        model_slot_sum(m, slot, cur);
+        bool any = false;
+        for (int e = 0; e < METRICS_EP_COUNT; e++)
+            for (int k = 0; k < STATUS_CLASSES; k++)
+                any |= (d.requests[e][k] = delta_of(cur->requests[e][k], &p->models[slot].requests[e][k])) != 0;
+        for (int k = 0; k < TOKEN_KINDS; k++)
+            any |= (d.tokens[k] = delta_of(cur->tokens[k], &p->models[slot].tokens[k])) != 0;
+        if (any && v->model != NULL)
+            v->model(v->data, slot_name(&m->models, slot)[0] != '\0' ? slot_name(&m->models, slot) : "other",
+                     (const uint64_t(*)[STATUS_CLASSES])d.requests, d.tokens);
+    }
+    for (size_t slot = 0; slot < PROVIDER_SLOTS; slot++) {
+        uint64_t cur[METRICS_UPSTREAM_KIND_COUNT], d[METRICS_UPSTREAM_KIND_COUNT];
+        provider_slot_sum(m, slot, cur);
+        bool any = false;
+        for (int k = 0; k < METRICS_UPSTREAM_KIND_COUNT; k++)
+            any |= (d[k] = delta_of(cur[k], &p->providers[slot][k])) != 0;
+        if (any && v->provider != NULL)
+            v->provider(v->data, slot_name(&m->providers, slot)[0] != '\0' ? slot_name(&m->providers, slot) : "other",
+                        d);
+    }
+    for (int e = 0; e < METRICS_EP_COUNT; e++) {
+        histogram_totals_t cur = {0}, d;
+        for (int s = 0; s < m->n_shards; s++) {
+            for (int b = 0; b < BUCKETS; b++)
+                cur.buckets[b] += load(&m->shards[s]->duration[e].buckets[b]);
+            cur.sum_us += load(&m->shards[s]->duration[e].sum_us);
+        }
+        bool any = false;
+        for (int b = 0; b < BUCKETS; b++)
+            any |= (d.buckets[b] = delta_of(cur.buckets[b], &p->latency[e].buckets[b])) != 0;
+        d.sum_us = delta_of(cur.sum_us, &p->latency[e].sum_us);
+        if (any && v->latency != NULL)
+            v->latency(v->data, (metrics_endpoint_t)e, d.buckets, d.sum_us);
+    }
+    for (int i = 0; i < METRICS_STATUS_CODES; i++) {
+        uint64_t cur = 0;
+        for (int s = 0; s < m->n_shards; s++)
+            cur += load(&m->shards[s]->statuses[i]);
+        uint64_t d = delta_of(cur, &p->statuses[i]);
+        if (d != 0 && v->status != NULL)
+            v->status(v->data, METRICS_STATUS_MIN + i, d);
+    }
+    return 0;
 }
 
 /* ---- rendering ---- */

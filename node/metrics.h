@@ -114,6 +114,33 @@ int metrics_render(metrics_t *m, wipe_buf_t *out);
  * escaping everywhere, every series non-zero with 20-digit values): a safe max for out. */
 size_t metrics_render_bound(void);
 
+/* ---- roll-ups (node/metrics_ring.c) ---- */
+
+#define METRICS_STATUS_CLASSES 4 /* 2xx 3xx 4xx 5xx */
+#define METRICS_TOKEN_KINDS 4    /* input, output, cached input, reasoning */
+#define METRICS_BUCKETS 16       /* latency histogram: 15 finite bounds + +Inf */
+#define METRICS_STATUS_MIN 100   /* exact statuses counted: 100..599 */
+#define METRICS_STATUS_CODES 500
+
+/* What changed since the previous metrics_take_delta, visited item by item; only non-zero
+ * items are visited. Names are borrowed for the call. Any callback may be NULL. */
+typedef struct metrics_delta_visitor {
+    void *data;
+    void (*model)(void *data, const char *name, const uint64_t requests[METRICS_EP_COUNT][METRICS_STATUS_CLASSES],
+                  const uint64_t tokens[METRICS_TOKEN_KINDS]);
+    void (*provider)(void *data, const char *name, const uint64_t errors[METRICS_UPSTREAM_KIND_COUNT]);
+    void (*latency)(void *data, metrics_endpoint_t e, const uint64_t buckets[METRICS_BUCKETS], uint64_t sum_us);
+    void (*status)(void *data, int status, uint64_t count);
+} metrics_delta_visitor_t;
+
+/* Sums the shards and visits the increase of every counter since the previous call (the
+ * first call sees everything since start). One consumer (the metrics ring); main thread.
+ * Returns 0 or -ENOMEM (nothing visited, nothing consumed). */
+int metrics_take_delta(metrics_t *m, const metrics_delta_visitor_t *v);
+
+/* Upper bound of latency bucket b in microseconds (UINT64_MAX for the last, +Inf). */
+uint64_t metrics_bucket_bound_us(int b);
+
 /* ---- names tables (immutable; any thread) ---- */
 
 void metrics_names_retain(metrics_names_t *t);

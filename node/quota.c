@@ -337,6 +337,7 @@ static void ring_age(settled_ring_t *r, uint64_t now, uint64_t max_age)
 typedef struct inflight {
     uint64_t key; /* 0 = empty slot */
     quota_usage_t worst, usage;
+    int64_t split_in, split_out; /* lessee side: quota_settle_entry_t.input/output_tokens */
     uint64_t window_id;
     uint32_t epoch; /* lessee side: the epoch whose allowance it was admitted from */
     bool dirty;     /* lessee side: to report */
@@ -983,6 +984,32 @@ size_t quota_owner_take_recalls(quota_owner_t *o, uint32_t *ids, size_t max)
     return n;
 }
 
+size_t quota_owner_settled_keys(const quota_owner_t *o, uint64_t *out, size_t max)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < o->settled.count && n < max; i++)
+        out[n++] = o->settled.keys[(o->settled.start + i) % o->settled.cap];
+    return n;
+}
+
+void quota_owner_mark_settled(quota_owner_t *o, uint64_t now_ms, uint64_t request_key)
+{
+    if (request_key != 0 && !ring_has(&o->settled, request_key))
+        ring_add(&o->settled, request_key, now_ms, o->cfg.settled_ring);
+}
+
+bool quota_owner_is_settled(const quota_owner_t *o, uint64_t request_key)
+{
+    return ring_has(&o->settled, request_key);
+}
+
+void quota_owner_add_spent(quota_owner_t *o, quota_usage_t usage, int64_t requests)
+{
+    o->spent.tokens += usage.tokens;
+    o->spent.nanousd += usage.nanousd;
+    o->spent_requests += requests;
+}
+
 quota_usage_t quota_owner_spent(const quota_owner_t *o)
 {
     return o->spent;
@@ -1215,6 +1242,12 @@ quota_decision_t quota_lessee_reserve(quota_lessee_t *l, uint64_t now_ms, const 
 
 int quota_lessee_settle(quota_lessee_t *l, uint64_t now_ms, const char *request_id, quota_usage_t actual, bool final)
 {
+    return quota_lessee_settle_split(l, now_ms, request_id, actual, final, 0, 0);
+}
+
+int quota_lessee_settle_split(quota_lessee_t *l, uint64_t now_ms, const char *request_id, quota_usage_t actual,
+                              bool final, int64_t input_tokens, int64_t output_tokens)
+{
     (void)now_ms;
     inflight_t *e = tab_find(&l->inflight, quota_request_key(request_id));
     if (!e)
@@ -1222,6 +1255,8 @@ int quota_lessee_settle(quota_lessee_t *l, uint64_t now_ms, const char *request_
     if (e->final)
         return 1;
     e->usage = actual;
+    e->split_in = input_tokens;
+    e->split_out = output_tokens;
     lessee_mark_dirty(l, e);
     if (!final)
         return 0;
@@ -1261,6 +1296,8 @@ int quota_lessee_take_report(quota_lessee_t *l, uint64_t now_ms, quota_report_t 
         s->usage = e->usage;
         s->window_id = e->window_id;
         s->final = e->final;
+        s->input_tokens = e->split_in;
+        s->output_tokens = e->split_out;
         e->dirty = false;
         if (e->final)
             tab_remove(&l->inflight, e);

@@ -102,7 +102,7 @@
 #include <stdint.h>
 
 #define QUOTA_WINDOW_MS 60000u
-#define QUOTA_MAX_LESSEES 64u
+#define QUOTA_MAX_LESSEES 512u
 #define QUOTA_MAX_INFLIGHT 4096u /* hard cap of quota_config_t.max_inflight */
 #define QUOTA_REPORT_MAX 128u    /* settle entries per report */
 
@@ -174,6 +174,9 @@ typedef struct quota_settle_entry {
     quota_usage_t usage; /* so far (final=false) or exact (final=true) */
     uint64_t window_id;  /* owner's rate window the reservation was counted in */
     bool final;
+    /* Accounting only, carried to the owner as given (quota_lessee_settle_split): the
+     * input/output split of usage.tokens, for `key show`. */
+    int64_t input_tokens, output_tokens;
 } quota_settle_entry_t;
 
 typedef struct quota_ask {
@@ -261,6 +264,14 @@ void quota_owner_lessee_gone(quota_owner_t *o, uint64_t now_ms, uint32_t lessee_
 size_t quota_owner_take_recalls(quota_owner_t *o, uint32_t *ids, size_t max);
 
 quota_usage_t quota_owner_spent(const quota_owner_t *o);
+/* The request keys of the recent finals (oldest first), at most max; for handing a key over
+ * to another owner, which marks them with quota_owner_mark_settled so retried finals are
+ * recognised as duplicates there. */
+size_t quota_owner_settled_keys(const quota_owner_t *o, uint64_t *out, size_t max);
+void quota_owner_mark_settled(quota_owner_t *o, uint64_t now_ms, uint64_t request_key);
+bool quota_owner_is_settled(const quota_owner_t *o, uint64_t request_key);
+/* Usage billed elsewhere (a handoff arriving after this owner started): added to spent. */
+void quota_owner_add_spent(quota_owner_t *o, quota_usage_t usage, int64_t requests);
 void quota_owner_stat(const quota_owner_t *o, quota_owner_stat_t *out);
 /* Header values now, without admitting anything. */
 quota_decision_t quota_owner_peek(quota_owner_t *o, uint64_t now_ms);
@@ -280,6 +291,9 @@ quota_decision_t quota_lessee_reserve(quota_lessee_t *l, uint64_t now_ms, const 
 /* Local settle: final releases worst - actual into the lease. 0; 1 for a second final not
  * yet reported; -ENOENT when unknown (or its final already went out in a report). */
 int quota_lessee_settle(quota_lessee_t *l, uint64_t now_ms, const char *request_id, quota_usage_t actual, bool final);
+/* The same, with the input/output split carried in the report's entry. */
+int quota_lessee_settle_split(quota_lessee_t *l, uint64_t now_ms, const char *request_id, quota_usage_t actual,
+                              bool final, int64_t input_tokens, int64_t output_tokens);
 /* Next message to the owner: 1 if *out should be sent, 0 if there is nothing to say. Call
  * after a WAIT, and periodically (every ~100 ms) for batches, returns and heartbeats. */
 int quota_lessee_take_report(quota_lessee_t *l, uint64_t now_ms, quota_report_t *out);

@@ -60,6 +60,8 @@ static const endpoint_t models_endpoint = {"/v1/models", NULL, "models", REQJSON
 
 typedef struct relay relay_t;
 
+#define RELAY_PARTIAL_SETTLE_MS 1000
+
 /* Lives in the request pool; its dispose callback tells the relay the request is gone. */
 typedef struct relay_link {
     relay_t *relay;
@@ -107,6 +109,14 @@ struct relay {
     int status;
     bool sse;
     wipe_buf_t pending, inflight;
+    /* Cluster mode: the final settle must be acknowledged before the response ends; until
+     * then the end and the closing bytes (a stream's [DONE] event, a body's last byte: kept
+     * in tail) are held. */
+    meter_hold_t hold;
+    bool settle_held;
+    wipe_buf_t tail;
+    uint32_t events;     /* stream data events forwarded (a partial settle's estimate) */
+    uint64_t partial_ms; /* last partial settle (cluster mode: one a second) */
     sse_parser_t sse_parser;
     usage_scan_t *scan;
     usage_t usage;
@@ -410,6 +420,7 @@ static void on_worker_check(uv_check_t *h)
 {
     worker_t *w = h->data;
     start_queued(w);
+    meter_worker_flush(w);
     while (w->flush_head != NULL) {
         relay_t *r = w->flush_head;
         w->flush_head = r->flush_next;
@@ -457,6 +468,7 @@ static void relay_maybe_free(relay_t *r)
     assert(r->logged);
     wipe_buf_free(&r->pending);
     wipe_buf_free(&r->inflight);
+    wipe_buf_free(&r->tail);
     wipe_buf_reset(&r->body); /* kept with the relay (relay_recycle) */
     sse_parser_dispose(&r->sse_parser);
     if (r->scan != NULL)
@@ -504,6 +516,14 @@ static quota_usage_t worst_case(const snapshot_t *snap, const snapshot_model_t *
     return w;
 }
 
+static void on_settle_acked(meter_hold_t *h, bool acked)
+{
+    relay_t *r = H2O_STRUCT_FROM_MEMBER(relay_t, hold, h);
+    (void)acked;
+    r->settle_held = false;
+    queue_flush(r);
+}
+
 /* The transfer is over (finished, failed, cancelled): settle usage and write the record. */
 static void relay_upstream_over(relay_t *r)
 {
@@ -538,7 +558,11 @@ static void relay_upstream_over(relay_t *r)
             actual.tokens = actual.tokens < r->worst.tokens ? actual.tokens : r->worst.tokens;
             actual.nanousd = actual.nanousd < r->worst.nanousd ? actual.nanousd : r->worst.nanousd;
         }
-        meter_settle(r->worker, r->key, r->quota_id, actual, u.input_tokens, u.output_tokens);
+        if (meter_settle(r->worker, r->key, r->quota_id, actual, u.input_tokens, u.output_tokens,
+                         r->req != NULL && !r->final_sent ? &r->hold : NULL, on_settle_acked)) {
+            r->settle_held = true;
+            ensure_check(r->worker); /* the report leaves in this iteration's check phase */
+        }
     }
     log_record_t rec = {
         .ts_ms = r->ts_ms,
@@ -588,6 +612,11 @@ static void flush(relay_t *r)
     if (r->req == NULL || !r->started || r->sending || r->final_sent)
         return;
     if (r->upstream_over) {
+        if (r->settle_held)
+            return; /* the end leaves once the owner holds the final settle */
+        if (r->tail.len > 0 && wipe_buf_append(&r->pending, r->tail.data, r->tail.len) != 0)
+            r->error = -ENOMEM;
+        wipe_buf_reset(&r->tail);
         h2o_send_state_t st = r->error == 0 && !r->timed_out ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_ERROR;
         send_pending(r, st);
     } else if (r->pending.len > 0) {
@@ -607,6 +636,11 @@ static void client_gone(relay_t *r)
     r->sending = false;
     wipe_buf_free(&r->pending);
     wipe_buf_free(&r->inflight);
+    wipe_buf_free(&r->tail);
+    if (r->settle_held) {
+        meter_hold_cancel(r->worker, &r->hold);
+        r->settle_held = false;
+    }
     if (!complete)
         server_count_reset(r->worker, r->conn, r->http_version);
     if (r->upstream_over)
@@ -744,9 +778,14 @@ static int on_sse_event(void *data, const sse_event_t *ev)
                 forward = false;
         }
         r->output_bytes += ev->data_len;
+        r->events++;
     }
-    if (forward && r->req != NULL)
-        return wipe_buf_append(&r->pending, ev->raw, ev->raw_len) == 0 ? 0 : -ENOMEM;
+    if (forward && r->req != NULL) {
+        /* In a cluster the closing [DONE] waits with the response's end for the settle. */
+        bool closing = ev->has_data && ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0 &&
+                       atomic_load(&r->worker->server->clustered) && r->admitted && snapshot_key_metered(r->key);
+        return wipe_buf_append(closing ? &r->tail : &r->pending, ev->raw, ev->raw_len) == 0 ? 0 : -ENOMEM;
+    }
     return 0;
 }
 
@@ -772,8 +811,19 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
         if (r->scan != NULL)
             usage_scan_feed(r->scan, buf, len);
         r->output_bytes += len;
-        if (r->req != NULL)
+        if (r->req != NULL && len > 0 && atomic_load(&r->worker->server->clustered) && r->admitted &&
+            snapshot_key_metered(r->key)) {
+            /* In a cluster the body's last byte waits with its end for the settle: h2o ends a
+             * stream by itself once content-length bytes went out. */
+            err = wipe_buf_append(&r->pending, r->tail.data, r->tail.len);
+            wipe_buf_reset(&r->tail);
+            if (err == 0)
+                err = wipe_buf_append(&r->pending, buf, len - 1);
+            if (err == 0)
+                err = wipe_buf_append(&r->tail, buf + len - 1, 1);
+        } else if (r->req != NULL) {
             err = wipe_buf_append(&r->pending, buf, len);
+        }
     }
     queue_flush(r);
     r->in_upstream_cb = false;
@@ -913,6 +963,24 @@ static void on_timer(uv_timer_t *t)
     }
     if (r->req == NULL && r->drain_deadline_ms != 0 && r->drain_deadline_ms - now < next)
         next = r->drain_deadline_ms - now;
+    if (r->sse && r->got_first_byte && r->admitted && snapshot_key_metered(r->key) &&
+        atomic_load(&r->worker->server->clustered)) {
+        /* A long stream settles what it has delivered every second, so that the owner bills
+         * it at that if this node dies: every content event counts one output token (a
+         * lower bound: an event carries at least one), the first (role) event none. */
+        if (now - r->partial_ms >= RELAY_PARTIAL_SETTLE_MS) {
+            r->partial_ms = now;
+            usage_t u;
+            memset(&u, 0, sizeof(u));
+            u.output_tokens = r->events > 1 ? r->events - 1 : 0;
+            quota_usage_t so_far = {u.output_tokens, cost_nanousd(r->snap, r->model, &u)};
+            so_far.tokens = so_far.tokens < r->worst.tokens ? so_far.tokens : r->worst.tokens;
+            so_far.nanousd = so_far.nanousd < r->worst.nanousd ? so_far.nanousd : r->worst.nanousd;
+            meter_settle_partial(r->worker, r->key, r->quota_id, so_far);
+        }
+        if (next > RELAY_PARTIAL_SETTLE_MS)
+            next = RELAY_PARTIAL_SETTLE_MS;
+    }
     uv_timer_start(&r->timer, on_timer, next, 0);
 }
 
@@ -1043,6 +1111,7 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     }
     wipe_buf_init(&r->pending, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
     wipe_buf_init(&r->inflight, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
+    wipe_buf_init(&r->tail, RELAY_MAX_EVENT);
     sse_parser_init(&r->sse_parser, RELAY_MAX_EVENT);
     r->link = h2o_mem_alloc_shared(&req->pool, sizeof(relay_link_t), on_link_dispose);
     r->link->relay = r;

@@ -69,7 +69,7 @@ static void send_msg(h2o_multithread_receiver_t *to, int type, void *ptr)
 
 /* ---- TLS ---------------------------------------------------------------------------- */
 
-static int self_signed(SSL_CTX *ctx, const char *name, char *err, size_t errlen)
+int server_tls_self_signed(SSL_CTX *ctx, const char *name, char *err, size_t errlen)
 {
     EVP_PKEY *pkey = EVP_EC_gen("P-256");
     X509 *x = X509_new();
@@ -136,7 +136,7 @@ static SSL_CTX *tls_context_new(const llmrelay_config_t *cfg, char *err, size_t 
     } else if (!cfg->tls_self_signed) {
         snprintf(err, errlen, "the TLS listener needs --tls-cert and --tls-key (or --tls-self-signed for development)");
         goto fail;
-    } else if (self_signed(ctx, cfg->name, err, errlen) != 0) {
+    } else if (server_tls_self_signed(ctx, cfg->name, err, errlen) != 0) {
         goto fail;
     }
     h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);

@@ -97,6 +97,9 @@ struct server {
      * (takes ownership of the meter_msg_t). */
     void (*meter_cb)(void *data, struct meter_msg *msg);
     void *meter_data;
+    /* Set by main when the node is part of a cluster (gossip on): final settles then wait
+     * for the owner's acknowledgement before a response ends (node/metering.h). */
+    atomic_bool clustered;
 };
 
 /* Binds every listener (so an address in use is reported at once), builds the TLS context
@@ -146,6 +149,10 @@ void server_relay_finished(worker_t *w);
 /* Metering messages between the threads (ownership passes with the message). */
 void server_send_to_main(worker_t *w, struct meter_msg *msg);
 void server_send_to_worker(server_t *s, int worker, struct meter_msg *msg);
+
+/* Gives ctx a fresh self-signed P-256 certificate for name (not kept anywhere). 0 or -EIO
+ * with a message in err. */
+int server_tls_self_signed(SSL_CTX *ctx, const char *name, char *err, size_t errlen);
 
 /* Makes an upstream transfer trust --upstream-ca-file's CAs besides the system's. */
 void server_curl_tls_setup(server_t *s, CURL *easy);

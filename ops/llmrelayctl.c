@@ -5,7 +5,7 @@
  *
  * Global flags (--admin URL, --token-file F, --json) may come before or after the
  * command; they are taken out of argv first and the rest goes to the command group
- * (ops/ctl/provider.c, key.c, price.c, token.c, report.c, cluster.c). Environment: LLMRELAY_ADMIN, LLMRELAY_TOKEN_FILE.
+ * (ops/ctl/provider.c, key.c, price.c, token.c, report.c, cluster.c: cluster and node). Environment: LLMRELAY_ADMIN, LLMRELAY_TOKEN_FILE.
  * Exit: 0 ok, 1 the server answered an error, 2 usage error, 3 admin API unreachable.
  */
 #include <errno.h>
@@ -30,6 +30,7 @@ static const char main_help[] =
     "  usage [--key ID] [--by ...]       requests, tokens and USD over a time range\n"
     "  audit [--since DUR]               who did what through the admin API\n"
     "  cluster status                    cluster members and their state\n"
+    "  node drain [NAME]                 drain a node (as SIGTERM): finish in-flight, exit\n"
     "\n"
     "global options (before or after the command):\n"
     "  --admin URL        admin listener base URL (env LLMRELAY_ADMIN;\n"
@@ -114,6 +115,8 @@ int main(int argc, char **argv)
         group = ctl_audit_main;
     else if (strcmp(command, "cluster") == 0)
         group = ctl_cluster_main;
+    else if (strcmp(command, "node") == 0)
+        group = ctl_node_main;
     if (group == NULL) {
         ctl_errorf(&ctl, "unknown command '%.64s' (see 'llmrelayctl --help')", command);
         return CTL_EXIT_USAGE;

@@ -509,13 +509,13 @@ static void test_version(void **state)
     env.version_major = PEER_PROTO_VERSION_MAJOR + 1;
     env.version_minor = 7;
     env.sender = "node-b";
-    env.seq = 42;
+    env.boot_id = 42;
     Llmrelay__PeerMessage msg = LLMRELAY__PEER_MESSAGE__INIT;
     Llmrelay__SettleAck ack = LLMRELAY__SETTLE_ACK__INIT;
-    char *held[] = {"req-1", "req-2"};
+    uint64_t held[] = {1001, 1002};
     ack.n_held = 2;
     ack.held = held;
-    msg.id = 1;
+    msg.key_id = "key-1";
     msg.body_case = LLMRELAY__PEER_MESSAGE__BODY_SETTLE_ACK;
     msg.settle_ack = &ack;
     Llmrelay__PeerMessage *msgs[] = {&msg};
@@ -536,7 +536,7 @@ static void test_version(void **state)
     assert_int_equal(got->version_major, PEER_PROTO_VERSION_MAJOR + 1);
     assert_int_equal(got->n_messages, 1);
     assert_int_equal(got->messages[0]->body_case, LLMRELAY__PEER_MESSAGE__BODY_SETTLE_ACK);
-    assert_string_equal(got->messages[0]->settle_ack->held[1], "req-2");
+    assert_int_equal(got->messages[0]->settle_ack->held[1], 1002);
     assert_false(peer_version_compatible(PEER_PROTO_VERSION_MAJOR, got->version_major, why, sizeof(why)));
     llmrelay__peer_envelope__free_unpacked(got, NULL);
 
@@ -545,15 +545,15 @@ static void test_version(void **state)
     env2.version_major = PEER_PROTO_VERSION_MAJOR;
     env2.version_minor = PEER_PROTO_VERSION_MINOR + 3;
     len = llmrelay__peer_envelope__pack(&env2, buf);
-    /* messages (field 6, length-delimited) = { id = 9; field 77 = {} } */
-    const uint8_t unknown_msg[] = {0x32, 0x05, 0x08, 0x09, 0xea, 0x04, 0x00};
+    /* messages (field 5, length-delimited) = { worker = 9; field 77 = {} } */
+    const uint8_t unknown_msg[] = {0x2a, 0x05, 0x10, 0x09, 0xea, 0x04, 0x00};
     memcpy(buf + len, unknown_msg, sizeof(unknown_msg));
     len += sizeof(unknown_msg);
     got = llmrelay__peer_envelope__unpack(NULL, len, buf);
     assert_non_null(got);
     assert_true(peer_version_compatible(PEER_PROTO_VERSION_MAJOR, got->version_major, why, sizeof(why)));
     assert_int_equal(got->n_messages, 1);
-    assert_int_equal(got->messages[0]->id, 9);
+    assert_int_equal(got->messages[0]->worker, 9);
     assert_int_equal(got->messages[0]->body_case, LLMRELAY__PEER_MESSAGE__BODY__NOT_SET);
     llmrelay__peer_envelope__free_unpacked(got, NULL);
 }

@@ -779,6 +779,155 @@ static void test_create_validation(void **state)
     swim_destroy(s);
 }
 
+/* Two nodes that know each other through a push-pull (no datagrams exchanged). */
+static void pair_new(swim_t **a, swim_t **b)
+{
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    swim_record_t ra, rb;
+    make_record(0, &ra);
+    make_record(1, &rb);
+    *a = swim_create(&cfg, &ra, 1, 1000);
+    *b = swim_create(&cfg, &rb, 2, 1000);
+    assert_non_null(*a);
+    assert_non_null(*b);
+    uint8_t st[4096];
+    long n = swim_pushpull_state(*b, st, sizeof(st));
+    assert_true(n > 0);
+    assert_int_equal(swim_pushpull_merge(*a, 1000, st, (size_t)n), 0);
+    swim_datagram_t d;
+    while (swim_pop_datagram(*a, &d))
+        ;
+}
+
+/* A probe with no ack by the probe timeout sends the target a second direct ping (same
+ * sequence number, no piggybacked updates) alongside the ping-reqs: one lost datagram is not
+ * enough for a suspicion. */
+static void test_probe_second_ping(void **state)
+{
+    (void)state;
+    swim_t *a, *b;
+    pair_new(&a, &b);
+    char baddr[SWIM_NAME_MAX];
+    addr_of(1, baddr);
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    uint32_t first_seq = 0;
+    int pings = 0;
+    for (uint64_t t = 1000; t <= 1000 + cfg.probe_interval_ms * 2 && pings < 2; t += STEP_MS) {
+        swim_tick(a, t);
+        swim_datagram_t d;
+        while (swim_pop_datagram(a, &d)) {
+            if (strcmp(d.to, baddr) != 0 || d.len < 8 || d.data[1] != 1 /* MSG_PING */)
+                continue;
+            uint32_t seq = (uint32_t)d.data[2] << 24 | (uint32_t)d.data[3] << 16 | (uint32_t)d.data[4] << 8 | d.data[5];
+            if (pings++ == 0) {
+                first_seq = seq;
+            } else {
+                assert_int_equal(seq, first_seq);
+                size_t name_len = d.data[6];
+                assert_int_equal(d.len, 7 + name_len + 1);
+                assert_int_equal(d.data[7 + name_len], 0); /* no updates */
+            }
+        }
+    }
+    assert_int_equal(pings, 2);
+    swim_destroy(a);
+    swim_destroy(b);
+}
+
+/* Stale accusations (an incarnation we already refuted) do not restart our refutation's
+ * retransmissions while it is still queued, so it runs out like any update. */
+static void test_stale_accusation_no_flood(void **state)
+{
+    (void)state;
+    swim_t *a, *b;
+    pair_new(&a, &b);
+    char baddr[SWIM_NAME_MAX];
+    addr_of(1, baddr);
+    /* a gossip datagram: n1 says n0 is suspect at incarnation 0 */
+    uint8_t msg[64];
+    size_t len = 0;
+    msg[len++] = SWIM_WIRE_VERSION;
+    msg[len++] = 5; /* MSG_GOSSIP */
+    msg[len++] = 1;
+    msg[len++] = 2; /* UPD_SUSPECT */
+    msg[len++] = 0;
+    msg[len++] = 1 + 2 + 4 + 1 + 2;
+    msg[len++] = 2;
+    memcpy(msg + len, "n0", 2);
+    len += 2;
+    memset(msg + len, 0, 4); /* incarnation 0 */
+    len += 4;
+    msg[len++] = 2;
+    memcpy(msg + len, "n1", 2);
+    len += 2;
+    swim_on_message(a, 1000, baddr, msg, len);
+    assert_int_equal(swim_incarnation(a), 1); /* refuted */
+    bool drained = false;
+    for (uint64_t t = 1000; t < 1000 + 60000 && !drained; t += 50) {
+        swim_on_message(a, t, baddr, msg, len); /* the stale accusation, again and again */
+        swim_tick(a, t);
+        swim_datagram_t d;
+        while (swim_pop_datagram(a, &d))
+            ;
+        drained = swim_broadcast_count(a) == 0;
+    }
+    assert_true(drained);
+    assert_int_equal(swim_incarnation(a), 1);
+    swim_destroy(a);
+    swim_destroy(b);
+}
+
+/* A relay serving a ping-req pings the target a second time (no updates) when no ack came
+ * by half its nack time. */
+static void test_relay_second_ping(void **state)
+{
+    (void)state;
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    swim_record_t rb;
+    make_record(1, &rb);
+    swim_t *b = swim_create(&cfg, &rb, 3, 1000);
+    assert_non_null(b);
+    char aaddr[SWIM_NAME_MAX], caddr[SWIM_NAME_MAX];
+    addr_of(0, aaddr);
+    addr_of(2, caddr);
+    uint8_t msg[64];
+    size_t len = 0;
+    msg[len++] = SWIM_WIRE_VERSION;
+    msg[len++] = 3; /* MSG_PINGREQ */
+    memset(msg + len, 0, 3);
+    msg[len + 3] = 42; /* seq */
+    len += 4;
+    msg[len++] = 2;
+    memcpy(msg + len, "n2", 2);
+    len += 2;
+    msg[len++] = (uint8_t)strlen(caddr);
+    memcpy(msg + len, caddr, strlen(caddr));
+    len += strlen(caddr);
+    msg[len++] = 0; /* no updates */
+    swim_on_message(b, 1000, aaddr, msg, len);
+    int pings = 0;
+    uint32_t seq0 = 0;
+    for (uint64_t t = 1000; t <= 1000 + cfg.probe_timeout_ms; t += STEP_MS) {
+        if (t > 1000)
+            swim_tick(b, t);
+        swim_datagram_t d;
+        while (swim_pop_datagram(b, &d)) {
+            if (strcmp(d.to, caddr) != 0 || d.data[1] != 1 /* MSG_PING */)
+                continue;
+            uint32_t seq = (uint32_t)d.data[2] << 24 | (uint32_t)d.data[3] << 16 | (uint32_t)d.data[4] << 8 | d.data[5];
+            if (pings++ == 0)
+                seq0 = seq;
+            else
+                assert_int_equal(seq, seq0);
+        }
+    }
+    assert_int_equal(pings, 2);
+    swim_destroy(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -796,6 +945,9 @@ int main(void)
         cmocka_unit_test(test_pushpull_full_view),
         cmocka_unit_test(test_decode_fuzz),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_probe_second_ping),
+        cmocka_unit_test(test_stale_accusation_no_flood),
+        cmocka_unit_test(test_relay_second_ping),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,5 +60,7 @@ int ctl_usage_main(struct ctl *ctl, int argc, char **argv);
 int ctl_audit_main(struct ctl *ctl, int argc, char **argv);
 /* "cluster status": membership (ops/ctl/cluster.c). */
 int ctl_cluster_main(struct ctl *ctl, int argc, char **argv);
+/* "node drain [NAME]": POST /admin/v1/drain (ops/ctl/cluster.c). */
+int ctl_node_main(struct ctl *ctl, int argc, char **argv);
 
 #endif
