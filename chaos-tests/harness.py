@@ -85,6 +85,16 @@ def wait_for(predicate, timeout, what, interval=0.05):
         time.sleep(interval)
 
 
+def key_file(directory, name):
+    """A 32-byte random key, base64 (the format of --cluster-key-file and
+    --secrets-key-file), in a 0600 file; returns its path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def rand_id(n=8):
     return secrets.token_hex(n // 2 + 1)[:n]
 

@@ -20,11 +20,8 @@ The client is a small HTTP/2 client on the h2 library (as harness.h2_request): h
 fails every open stream on a graceful GOAWAY, which would count the node's correct behaviour
 as failures."""
 
-import base64
 import json
-import os
 import random
-import secrets
 import signal
 import socket
 import ssl
@@ -43,14 +40,6 @@ from harness import Route, directive, wait_for, wait_key_visible
 
 CLIENTS = 20
 REFUSED_STREAM = 0x7
-
-
-def key_file(directory, name):
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    os.chmod(path, 0o600)
-    return path
 
 
 def gossip_node(nodes, name, key, join=None):
@@ -77,7 +66,7 @@ def ctl(node, *args):
 
 @pytest.fixture(scope="module")
 def trio(nodes, workdir):
-    key = key_file(workdir, "cluster.key")
+    key = harness.key_file(workdir, "cluster.key")
     d1 = gossip_node(nodes, "d1", key)
     d2 = gossip_node(nodes, "d2", key, join=d1.gossip_addr)
     d3 = gossip_node(nodes, "d3", key, join=d1.gossip_addr)

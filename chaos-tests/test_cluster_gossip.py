@@ -11,7 +11,6 @@ its only seed, its first (sealed) join datagram is captured there, then sent to 
 twice (accepted, then dropped as a replay). That member thereby learns of the fourth node,
 which joins; it is the one killed with SIGKILL at the end."""
 
-import base64
 import json
 import os
 import secrets
@@ -25,14 +24,6 @@ import harness
 from harness import wait_for
 
 DEAD_BOUND_S = 20
-
-
-def key_file(directory, name):
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    os.chmod(path, 0o600)
-    return path
 
 
 def members(node):
@@ -66,7 +57,7 @@ def gossip_node(nodes, name, key, join=None, wait=True):
 
 @pytest.fixture(scope="module")
 def key(workdir):
-    return key_file(workdir, "cluster.key")
+    return harness.key_file(workdir, "cluster.key")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +153,7 @@ def bound_s(s):
 def test_other_cluster_key_never_joins(nodes, trio, workdir):
     g1 = trio[0]
     before = packets(g1)["forged"]
-    other = gossip_node(nodes, "stranger", key_file(workdir, "other.key"), join=g1.gossip_addr)
+    other = gossip_node(nodes, "stranger", harness.key_file(workdir, "other.key"), join=g1.gossip_addr)
     wait_for(lambda: packets(g1)["forged"] > before, 10, "g1 to drop the stranger's packets as forged")
     time.sleep(3)
     for n in trio:

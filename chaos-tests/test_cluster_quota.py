@@ -16,8 +16,6 @@ GET /admin/v1/cluster?key=ID); ground truth is the mock's /mock/stats per upstre
 
 import asyncio
 import base64
-import os
-import secrets
 import time
 
 import httpx
@@ -28,14 +26,6 @@ from harness import Route, directive, wait_for, wait_key_visible
 
 N_NODES = 5
 MAX_OUT = 40
-
-
-def key_file(directory):
-    path = os.path.join(directory, "cluster.key")
-    with open(path, "w") as f:
-        f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    os.chmod(path, 0o600)
-    return path
 
 
 def cluster_view(node, key_id=None):
@@ -68,7 +58,7 @@ def all_alive(members, names):
 
 @pytest.fixture(scope="module")
 def ckey(workdir):
-    return key_file(workdir)
+    return harness.key_file(workdir, "cluster.key")
 
 
 @pytest.fixture(scope="module")
@@ -422,8 +412,11 @@ def settle_check(cluster, route, load, what):
 
 
 def test_kill_owner_under_load(cluster, mock):
+    """The key's budget runs out around the failover: the new owner must not grant what the
+    dead owner had leased out (it holds it back), so the mock never serves more than it."""
     live = [m for m in cluster if m.running()]
-    route = Route(live[0], mock, key_limits={"budget_tokens": 10 ** 9})
+    budget = 1300
+    route = Route(live[0], mock, key_limits={"budget_tokens": budget})
     for m in live:
         wait_key_visible(m, route.secret, route.model)
     owner, backup = owner_of(live, route.key_id)
@@ -439,6 +432,8 @@ def test_kill_owner_under_load(cluster, mock):
     time.sleep(3)
     load.stop()
     settle_check(cluster, route, load, "kill -9 owner %s" % owner)
+    st = route.stats()
+    assert st["input_tokens"] + st["output_tokens"] <= budget, "budget overdrawn through the failover"
 
 
 def test_kill_serving_node_under_load(cluster, mock):

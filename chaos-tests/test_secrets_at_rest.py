@@ -9,7 +9,6 @@ Upstream keys here are "sk-" + upper-case letters: nothing else the node prints 
 upper-case random text, so any 5-character window of a key found somewhere means more than
 its last 4 characters leaked."""
 
-import base64
 import hashlib
 import os
 import random
@@ -29,11 +28,7 @@ def upstream_key():
 
 @pytest.fixture(scope="module")
 def key_file(workdir):
-    path = os.path.join(workdir, "secrets.key")
-    with open(path, "w") as f:
-        f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
-    os.chmod(path, 0o600)
-    return path
+    return harness.key_file(workdir, "secrets.key")
 
 
 @pytest.fixture(scope="module")

@@ -3569,41 +3569,6 @@ static int read_bootstrap_token(admin_t *a, const char *path, char *err, size_t 
     return 0;
 }
 
-static int open_listener(const char *addr, int *fd_out, int *port_out, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    socklen_t sslen;
-    if (addr == NULL || util_parse_hostport(addr, &ss, &sslen) != 0) {
-        snprintf(err, errlen, "admin listen address \"%s\" is not ADDR:PORT", addr != NULL ? addr : "");
-        return -EINVAL;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "admin listener %s: socket: %s", addr, strerror(e));
-        return -e;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sslen) != 0 || listen(fd, 128) != 0) {
-        int e = errno;
-        close(fd);
-        snprintf(err, errlen, "admin listener %s: %s", addr, strerror(e));
-        return -e;
-    }
-    struct sockaddr_storage bound;
-    socklen_t blen = sizeof(bound);
-    *port_out = 0;
-    if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0) {
-        if (bound.ss_family == AF_INET)
-            *port_out = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        else if (bound.ss_family == AF_INET6)
-            *port_out = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-    }
-    *fd_out = fd;
-    return 0;
-}
-
 int admin_start(uv_loop_t *loop, const llmrelay_config_t *cfg, config_store_t *store, const admin_node_ops_t *ops,
                 admin_t **out, char *err, size_t errlen)
 {
@@ -3647,7 +3612,7 @@ int admin_start(uv_loop_t *loop, const llmrelay_config_t *cfg, config_store_t *s
         return rc;
     }
     int fd;
-    if ((rc = open_listener(cfg->admin_listen, &fd, &a->port, err, errlen)) != 0) {
+    if ((rc = util_listen_tcp(cfg->admin_listen, "admin listener", &fd, &a->port, err, errlen)) != 0) {
         free(a->audit_ring);
         explicit_bzero(a, sizeof(*a));
         free(a);

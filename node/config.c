@@ -81,6 +81,9 @@ static const struct opt options[] = {
     {"join", OPT_HOSTPORTS, FIELD(join), OPT_LIST, "HOST:PORT[,..]", NULL, "gossip seeds to join"},
     {"peer-listen", OPT_ADDR, FIELD(peer_listen), 0, "ADDR:PORT", NULL, "peer RPC listener"},
     {"cluster-key-file", OPT_STRING, FIELD(cluster_key_file), 0, "FILE", NULL, "base64 of 32 random bytes"},
+    {"peer-tls-cert", OPT_STRING, FIELD(peer_tls_cert), 0, "FILE", NULL, "PEM certificate chain for --peer-listen"},
+    {"peer-tls-key", OPT_STRING, FIELD(peer_tls_key), 0, "FILE", NULL, "PEM private key for --peer-listen"},
+    {"peer-ca-file", OPT_STRING, FIELD(peer_ca_file), 0, "FILE", NULL, "CAs a peer's certificate must chain to"},
     {"data-dir", OPT_STRING, FIELD(data_dir), 0, "DIR", "./llmrelay-data", "local metadata logs"},
     {"workers", OPT_WORKERS, FIELD(workers), 0, "N", "0", "worker threads, 0 = one per core (max 256)"},
     {"log-level", OPT_LOG_LEVEL, FIELD(log_level), 0, "LEVEL", "info", "debug|info|warn|error"},
@@ -752,6 +755,11 @@ static int finish(llmrelay_config_t *cfg, char *err, size_t errlen)
     if (cfg->workers == 0) {
         unsigned n = uv_available_parallelism();
         cfg->workers = n < 1 ? 1 : n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (int)n;
+    }
+    if ((cfg->peer_tls_cert == NULL) != (cfg->peer_tls_key == NULL)) {
+        snprintf(err, errlen, "%s: needs %s too", cfg->peer_tls_cert ? "--peer-tls-cert" : "--peer-tls-key",
+                 cfg->peer_tls_cert ? "--peer-tls-key" : "--peer-tls-cert");
+        return -EINVAL;
     }
     if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
         snprintf(err, errlen, "%s: needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",

@@ -51,6 +51,8 @@ typedef struct llmrelay_config {
     char *join;                              /* comma-separated HOST:PORT seeds */
     char *peer_listen;                       /* peer RPC ADDR:PORT */
     char *cluster_key_file;                  /* base64 of 32 random bytes */
+    char *peer_tls_cert, *peer_tls_key;      /* peer RPC certificate (NULL: a throw-away one) */
+    char *peer_ca_file;                      /* peers' certificates must chain to these (NULL: not checked) */
     char *data_dir;                          /* default "./llmrelay-data" */
     char *log_level;                         /* "debug" | "info" | "warn" | "error"; default "info" */
     char *secrets_key_file;                  /* key encrypting upstream API keys in etcd */

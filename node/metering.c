@@ -61,6 +61,7 @@ typedef struct meter_entry {
     bool has_replica;
     uint64_t replica_version, replica_boot;
     quota_usage_t replica_spent, replica_unreserved;
+    quota_usage_t replica_committed; /* reserved + leased out at the owner, as replicated */
     int64_t replica_requests;
     uint64_t *replica_settled; /* ring of REPLICA_SETTLED_MAX request keys */
     uint32_t replica_settled_n, replica_settled_pos;
@@ -588,9 +589,12 @@ static meter_entry_t *owner_entry(metering_t *m, const char *key_id, uint64_t no
     if (e->has_replica) {
         /* Taking over from a dead or departed owner: its last replicated state. */
         e->owner = quota_owner_new(&qc, &l, &e->replica_spent, e->replica_requests, now);
-        if (e->owner != NULL)
+        if (e->owner != NULL) {
             for (uint32_t i = 0; i < e->replica_settled_n; i++)
                 quota_owner_mark_settled(e->owner, now, e->replica_settled[i]);
+            /* the previous owner's lessees may still spend what it leased them */
+            quota_owner_hold(e->owner, e->replica_committed, now + qc.liveness_ms);
+        }
         e->owner_base = e->replica_spent;
         e->ckpt_dirty = true;
         if (e->owner != NULL)
@@ -1025,11 +1029,15 @@ static void mark_repl_dirty(metering_t *m, meter_entry_t *e)
 static void owner_apply(metering_t *m, meter_entry_t *e, uint32_t lessee, const quota_report_t *rep, uint64_t now)
 {
     quota_lease_t answer;
+    memset(&answer, 0, sizeof(answer));
     bool was_settled[QUOTA_REPORT_MAX];
     for (uint32_t i = 0; i < rep->n_entries && i < QUOTA_REPORT_MAX; i++)
         was_settled[i] = rep->entries[i].final && quota_owner_is_settled(e->owner, rep->entries[i].request_key);
-    if (quota_owner_apply_report(e->owner, now, lessee, rep, &answer) == 1)
+    if (quota_owner_apply_report(e->owner, now, lessee, rep, &answer) == 1) {
         to_lessee(m, lessee, e->key_id, METER_LEASE, &answer);
+        if (answer.budget.tokens > 0 || answer.budget.nanousd > 0)
+            mark_repl_dirty(m, e); /* the backup learns what is leased out (held back on takeover) */
+    }
     bool finals = false;
     for (uint32_t i = 0; i < rep->n_entries && i < QUOTA_REPORT_MAX; i++) {
         if (!rep->entries[i].final)
@@ -1275,7 +1283,7 @@ static void flush_replication(metering_t *m, uint64_t now)
         m->dirty_head = e->next_dirty;
         e->next_dirty = NULL;
         e->repl_dirty = false;
-        if (e->owner == NULL || e->n_acks == 0)
+        if (e->owner == NULL)
             continue;
         const char *backup = NULL;
         const char *owner = owner_of(m, e->key_id, &backup);
@@ -1301,6 +1309,7 @@ static void on_replica(metering_t *m, const char *sender, const char *key_id, co
         e->replica_boot = rp->owner_boot_id;
         e->replica_version = rp->version;
         e->replica_spent = usage_from_pb(rp->spent);
+        e->replica_committed = usage_from_pb(rp->committed);
         e->replica_requests = rp->spent_requests;
         e->total_requests = rp->total_requests;
         e->total_input = rp->total_input_tokens;
@@ -1350,9 +1359,11 @@ static void hand_off(metering_t *m, meter_entry_t *e, const char *to)
     uint64_t *keys = malloc(REPLICA_SETTLED_MAX * sizeof(uint64_t));
     size_t k = keys != NULL ? quota_owner_settled_keys(e->owner, keys, REPLICA_SETTLED_MAX) : 0;
     Llmrelay__Replica rp = LLMRELAY__REPLICA__INIT;
-    Llmrelay__PeerUsage spent, unres;
+    Llmrelay__PeerUsage spent, unres, committed;
     usage_to_pb(&spent, st.spent);
     usage_to_pb(&unres, e->total_unreserved);
+    usage_to_pb(&committed, (quota_usage_t){st.reserved.tokens + st.held.tokens, st.reserved.nanousd + st.held.nanousd});
+    rp.committed = &committed;
     rp.version = ++e->repl_version;
     rp.spent = &spent;
     rp.spent_requests = st.spent_requests;
@@ -1738,8 +1749,11 @@ int metering_enable_cluster(metering_t *m, uv_loop_t *loop, const char *self, co
         return -ENOMEM;
     }
     tag_learn(m, self);
-    int rc = peer_start(loop, m->server->cfg->peer_listen, self, key, key_len, on_peer_message, m, &m->peer, err,
-                        errlen);
+    const llmrelay_config_t *cfg = m->server->cfg;
+    peer_tls_t tls = {.cert = cfg->peer_tls_cert, .key = cfg->peer_tls_key, .ca_file = cfg->peer_ca_file};
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    int rc = peer_start(loop, cfg->peer_listen, self, key, key_len, &tls, on_peer_message, m, &m->peer, err, errlen);
     if (rc != 0)
         return rc;
     if (RAND_bytes((unsigned char *)&m->boot, sizeof(m->boot)) != 1)

@@ -84,6 +84,7 @@ struct peer {
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
     SSL_CTX *ssl_ctx;
+    char *ca_file;
     h2o_linklist_t conns;
     size_t num_conns;
     /* client */
@@ -286,41 +287,6 @@ static void on_connection(uv_stream_t *listener, int status)
     h2o_accept(&p->accept_ctx, sock);
 }
 
-static int open_listener(const char *addr, int *fd_out, int *port_out, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    socklen_t sslen;
-    if (util_parse_hostport(addr, &ss, &sslen) != 0) {
-        snprintf(err, errlen, "--peer-listen \"%s\" is not ADDR:PORT", addr);
-        return -EINVAL;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "--peer-listen %s: socket: %s", addr, strerror(e));
-        return -e;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sslen) != 0 || listen(fd, 128) != 0) {
-        int e = errno;
-        close(fd);
-        snprintf(err, errlen, "--peer-listen %s: %s", addr, strerror(e));
-        return -e;
-    }
-    struct sockaddr_storage bound;
-    socklen_t blen = sizeof(bound);
-    *port_out = 0;
-    if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0) {
-        if (bound.ss_family == AF_INET)
-            *port_out = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        else if (bound.ss_family == AF_INET6)
-            *port_out = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-    }
-    *fd_out = fd;
-    return 0;
-}
-
 /* ---- client --------------------------------------------------------------------------- */
 
 static void flush_all(peer_t *p);
@@ -442,9 +408,12 @@ static void flush_dest(peer_t *p, dest_t *d)
         CURL *e = po->easy;
         curl_easy_setopt(e, CURLOPT_URL, d->url);
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-        /* The peer's certificate is a throw-away one: the frame's HMAC authenticates it. */
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        /* Without --peer-ca-file the peer's certificate is a throw-away one: the frame's
+         * HMAC authenticates it. With it, the chain must lead to those CAs. */
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, p->ca_file != NULL ? 1L : 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+        if (p->ca_file != NULL)
+            curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
@@ -536,13 +505,15 @@ int peer_send(peer_t *p, const char *name, const char *addr, const Llmrelay__Pee
 /* ---- life cycle ----------------------------------------------------------------------- */
 
 int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint8_t *key, size_t key_len,
-               peer_message_cb cb, void *cb_data, peer_t **out, char *err, size_t errlen)
+               const peer_tls_t *tls, peer_message_cb cb, void *cb_data, peer_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     peer_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
     p->loop = loop;
+    if (tls != NULL && tls->ca_file != NULL)
+        p->ca_file = strdup(tls->ca_file);
     p->cb = cb;
     p->cb_data = cb_data;
     h2o_linklist_init_anchor(&p->conns);
@@ -552,6 +523,7 @@ int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint
     int rc = p->self != NULL ? peer_frame_create(key, key_len, p->boot_id, NULL, &p->frame) : -ENOMEM;
     if (rc != 0) {
         snprintf(err, errlen, "peer RPC: cannot create the frame context: %s", strerror(-rc));
+        free(p->ca_file);
         free(p->self);
         free(p);
         return rc;
@@ -559,6 +531,7 @@ int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint
     p->cu = curl_uv_create(loop);
     if (p->cu == NULL) {
         peer_frame_free(p->frame);
+        free(p->ca_file);
         free(p->self);
         free(p);
         snprintf(err, errlen, "peer RPC: out of memory");
@@ -585,8 +558,14 @@ int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint
     if (listen != NULL) {
         /* TLS 1.3 with a throw-away certificate (see the header: libcurl 7.88's h2c reuse) */
         p->ssl_ctx = SSL_CTX_new(TLS_server_method());
-        if (p->ssl_ctx == NULL || SSL_CTX_set_min_proto_version(p->ssl_ctx, TLS1_3_VERSION) != 1 ||
-            server_tls_self_signed(p->ssl_ctx, self, err, errlen) != 0) {
+        bool given = tls != NULL && tls->cert != NULL && tls->key != NULL;
+        if (p->ssl_ctx != NULL && given &&
+            (SSL_CTX_use_certificate_chain_file(p->ssl_ctx, tls->cert) != 1 ||
+             SSL_CTX_use_PrivateKey_file(p->ssl_ctx, tls->key, SSL_FILETYPE_PEM) != 1 ||
+             SSL_CTX_check_private_key(p->ssl_ctx) != 1))
+            snprintf(err, errlen, "--peer-tls-cert %s / --peer-tls-key %s: cannot load them", tls->cert, tls->key);
+        if (p->ssl_ctx == NULL || SSL_CTX_set_min_proto_version(p->ssl_ctx, TLS1_3_VERSION) != 1 || err[0] != '\0' ||
+            (!given && server_tls_self_signed(p->ssl_ctx, self, err, errlen) != 0)) {
             if (err[0] == '\0')
                 snprintf(err, errlen, "peer RPC: cannot create the TLS context");
             p->stopping = true;
@@ -597,7 +576,7 @@ int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint
         h2o_ssl_register_alpn_protocols(p->ssl_ctx, h2o_http2_alpn_protocols);
         p->accept_ctx.ssl_ctx = p->ssl_ctx;
         int fd = -1;
-        if ((rc = open_listener(listen, &fd, &p->port, err, errlen)) != 0) {
+        if ((rc = util_listen_tcp(listen, "--peer-listen", &fd, &p->port, err, errlen)) != 0) {
             p->stopping = true;
             peer_stop(p);
             return rc;
@@ -632,6 +611,7 @@ void peer_get_stats(const peer_t *p, peer_stats_t *out)
 static void on_reaped(uv_handle_t *h)
 {
     peer_t *p = h->data;
+    free(p->ca_file);
     free(p->self);
     free(p);
 }

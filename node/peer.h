@@ -3,9 +3,11 @@
  * (HMAC-SHA256 under the cluster key, time window, replay window) carrying one
  * PeerEnvelope (proto/peer.proto) per POST /peer/v1.
  *
- * Transport: HTTP/2 over TLS 1.3 (ALPN h2) with a throw-away self-signed certificate that
- * the client does not verify: the frame's HMAC under the cluster key is what authenticates
- * a peer. Not h2c: Debian's libcurl 7.88.1 breaks an HTTP/2 prior-knowledge connection on
+ * Transport: HTTP/2 over TLS 1.3 (ALPN h2). Without peer certificates the listener uses a
+ * throw-away self-signed one that clients do not verify: the frame's HMAC under the cluster
+ * key is what authenticates a peer. With --peer-tls-cert/--peer-tls-key the listener
+ * presents that chain, and with --peer-ca-file a client refuses a peer whose certificate
+ * does not chain to those CAs (names are not checked: peers are reached by address). Not h2c: Debian's libcurl 7.88.1 breaks an HTTP/2 prior-knowledge connection on
  * its second request ("Error in the HTTP2 framing layer", curl issue 10634, fixed in 8.0).
  *
  * Messaging is one-way and batched: peer_send queues a message for a destination; all the
@@ -51,8 +53,13 @@ typedef struct peer_stats {
 
 /* Listens on listen (ADDR:PORT; NULL: client only). self is this node's name. Returns 0
  * with *out set, or a negative errno with a one-line message in err. */
+typedef struct peer_tls {
+    const char *cert, *key; /* the listener's certificate chain and key (NULL: a throw-away one) */
+    const char *ca_file;    /* a peer's certificate must chain to these (NULL: not checked) */
+} peer_tls_t;
+
 int peer_start(uv_loop_t *loop, const char *listen, const char *self, const uint8_t *key, size_t key_len,
-               peer_message_cb cb, void *cb_data, peer_t **out, char *err, size_t errlen);
+               const peer_tls_t *tls, peer_message_cb cb, void *cb_data, peer_t **out, char *err, size_t errlen);
 /* Queues msg (packed now; msg may be freed after the call) for the node name at addr
  * (host:port). Returns 0, -EINVAL or -ENOBUFS (the destination's queue is full: dropped). */
 int peer_send(peer_t *p, const char *name, const char *addr, const Llmrelay__PeerMessage *msg);

@@ -500,6 +500,8 @@ struct quota_owner {
     uint32_t next_epoch;
     settled_ring_t settled;
     uint64_t dup_settles, unreserved_settles, late_finals, overruns, vanished;
+    quota_usage_t hold;  /* quota_owner_hold: allowance a previous owner may still have out */
+    uint64_t hold_until;
 };
 
 quota_owner_t *quota_owner_new(const quota_config_t *cfg, const quota_limits_t *limits,
@@ -533,7 +535,7 @@ void quota_owner_free(quota_owner_t *o)
 
 static int64_t committed(const quota_owner_t *o, int d)
 {
-    return ud(o->spent, d) + ud(o->reserved, d) + ud(o->held, d);
+    return ud(o->spent, d) + ud(o->reserved, d) + ud(o->held, d) + ud(o->hold, d);
 }
 
 static void recall_all(quota_owner_t *o, const lessee_rec_t *except)
@@ -885,6 +887,9 @@ int quota_owner_apply_report(quota_owner_t *o, uint64_t now_ms, uint32_t lessee_
             if (s->final) {
                 o->unreserved_settles++;
                 bill(o, s->usage, NULL, 0);
+                /* spent from a previous owner's allowance: no longer held back on its behalf */
+                o->hold.tokens -= i64_min(o->hold.tokens, i64_max(0, s->usage.tokens));
+                o->hold.nanousd -= i64_min(o->hold.nanousd, i64_max(0, s->usage.nanousd));
                 ring_add(&o->settled, s->request_key, now_ms, o->cfg.settled_ring);
             }
             continue;
@@ -953,6 +958,8 @@ int quota_owner_apply_report(quota_owner_t *o, uint64_t now_ms, uint32_t lessee_
 void quota_owner_tick(quota_owner_t *o, uint64_t now_ms)
 {
     roll(o, now_ms);
+    if (now_ms >= o->hold_until)
+        o->hold = (quota_usage_t){0, 0};
     for (uint32_t i = 0; i < o->n_recs;) {
         lessee_rec_t *r = &o->recs[i];
         bool holds = r->held.tokens > 0 || r->held.nanousd > 0 || r->inflight.count > 0;
@@ -1001,6 +1008,13 @@ void quota_owner_mark_settled(quota_owner_t *o, uint64_t now_ms, uint64_t reques
 bool quota_owner_is_settled(const quota_owner_t *o, uint64_t request_key)
 {
     return ring_has(&o->settled, request_key);
+}
+
+void quota_owner_hold(quota_owner_t *o, quota_usage_t amount, uint64_t until_ms)
+{
+    o->hold.tokens = i64_max(0, amount.tokens);
+    o->hold.nanousd = i64_max(0, amount.nanousd);
+    o->hold_until = until_ms;
 }
 
 void quota_owner_add_spent(quota_owner_t *o, quota_usage_t usage, int64_t requests)

@@ -270,6 +270,10 @@ quota_usage_t quota_owner_spent(const quota_owner_t *o);
 size_t quota_owner_settled_keys(const quota_owner_t *o, uint64_t *out, size_t max);
 void quota_owner_mark_settled(quota_owner_t *o, uint64_t now_ms, uint64_t request_key);
 bool quota_owner_is_settled(const quota_owner_t *o, uint64_t request_key);
+/* A new owner taking a key over: amount (what the previous owner had reserved and leased
+ * out) is held back from new admissions and grants until until_ms (its lessees may still
+ * spend leases it granted), less what finals of those old leases bill meanwhile. */
+void quota_owner_hold(quota_owner_t *o, quota_usage_t amount, uint64_t until_ms);
 /* Usage billed elsewhere (a handoff arriving after this owner started): added to spent. */
 void quota_owner_add_spent(quota_owner_t *o, quota_usage_t usage, int64_t requests);
 void quota_owner_stat(const quota_owner_t *o, quota_owner_stat_t *out);

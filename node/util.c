@@ -523,3 +523,38 @@ void util_trim_newline(char *s)
     while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
         s[--n] = '\0';
 }
+
+int util_listen_tcp(const char *addr, const char *what, int *fd_out, int *port_out, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (addr == NULL || util_parse_hostport(addr, &ss, &sslen) != 0) {
+        snprintf(err, errlen, "%s \"%s\" is not ADDR:PORT", what, addr != NULL ? addr : "");
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s %s: socket: %s", what, addr, strerror(e));
+        return -e;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sslen) != 0 || listen(fd, 128) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "%s %s: %s", what, addr, strerror(e));
+        return -e;
+    }
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    *port_out = 0;
+    if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0) {
+        if (bound.ss_family == AF_INET)
+            *port_out = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        else if (bound.ss_family == AF_INET6)
+            *port_out = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+    }
+    *fd_out = fd;
+    return 0;
+}

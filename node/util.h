@@ -22,6 +22,10 @@
  * *len. No DNS: any other host name is an error. PORT is 0..65535, decimal digits only.
  * Returns 0 or -EINVAL. */
 int util_parse_hostport(const char *s, struct sockaddr_storage *out, socklen_t *len);
+/* A non-blocking TCP listening socket (SO_REUSEADDR, backlog 128) bound to addr (ADDR:PORT;
+ * port 0 = any): 0 with *fd_out and the bound port in *port_out, or a negative errno with
+ * "<what> ...: reason" in err. */
+int util_listen_tcp(const char *addr, const char *what, int *fd_out, int *port_out, char *err, size_t errlen);
 
 /* SHA-256 of data; out gets 64 lowercase hex digits + NUL. */
 void util_sha256_hex(const void *data, size_t len, char out[65]);

@@ -113,6 +113,39 @@ static void test_owner_budget_usd(void **state)
     quota_owner_free(o);
 }
 
+/* A new owner holds back what the previous owner had reserved and leased out until its
+ * lessees' leases are over; finals of those old leases (stale epoch) use the hold up. */
+static void test_owner_takeover_hold(void **state)
+{
+    (void)state;
+    quota_limits_t lim = {.has_budget_tokens = true, .budget_tokens = 1000};
+    quota_usage_t spent = {200, 0};
+    quota_owner_t *o = quota_owner_new(NULL, &lim, &spent, 2, T0);
+    quota_owner_hold(o, U(600, 0), T0 + 10000);
+    quota_decision_t d = quota_owner_reserve(o, T0, "a", U(300, 0));
+    assert_int_equal(d.kind, QUOTA_RATE_LIMITED); /* held, not spent: retry soon */
+    assert_int_equal(d.reason, QUOTA_REASON_RESERVED);
+    assert_int_equal(quota_owner_reserve(o, T0, "b", U(200, 0)).kind, QUOTA_ADMIT);
+    /* a lessee of the previous owner settles 400 from its old lease: billed, the hold shrinks */
+    quota_report_t rep;
+    memset(&rep, 0, sizeof(rep));
+    rep.epoch = 77; /* an epoch this owner never gave */
+    rep.n_entries = 1;
+    rep.entries[0] = (quota_settle_entry_t){.request_key = quota_request_key("old"), .worst = U(500, 0),
+                                            .usage = U(400, 0), .final = true};
+    quota_lease_t ans;
+    quota_owner_apply_report(o, T0 + 100, 5, &rep, &ans);
+    assert_int_equal(quota_owner_spent(o).tokens, 600);
+    /* committed = 600 spent + 200 reserved + 200 still held back: nothing more fits */
+    assert_int_equal(quota_owner_reserve(o, T0 + 100, "c", U(1, 0)).reason, QUOTA_REASON_RESERVED);
+    /* once the old leases are over, the hold goes */
+    quota_owner_tick(o, T0 + 10000);
+    assert_int_equal(quota_owner_reserve(o, T0 + 10000, "d", U(200, 0)).kind, QUOTA_ADMIT);
+    assert_int_equal(quota_owner_reserve(o, T0 + 10000, "e", U(1, 0)).reason, QUOTA_REASON_RESERVED);
+
+    quota_owner_free(o);
+}
+
 static void test_owner_idempotent_settle(void **state)
 {
     (void)state;
@@ -1536,6 +1569,7 @@ int main(void)
         cmocka_unit_test(test_owner_budget_tokens),
         cmocka_unit_test(test_owner_budget_usd),
         cmocka_unit_test(test_owner_idempotent_settle),
+        cmocka_unit_test(test_owner_takeover_hold),
         cmocka_unit_test(test_owner_settled_ring_bound),
         cmocka_unit_test(test_owner_rpm),
         cmocka_unit_test(test_owner_tpm),
