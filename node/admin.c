@@ -1586,7 +1586,7 @@ static void handle_key_list(admin_req_t *r)
     send_jw(r, 200, &w);
 }
 
-static void handle_key_get(admin_req_t *r, const char *id)
+static void answer_key(admin_req_t *r, const char *id)
 {
     const Llmrelay__ApiKey *k = find_key(r->admin, id);
     if (k == NULL) {
@@ -1598,6 +1598,36 @@ static void handle_key_get(admin_req_t *r, const char *id)
         return;
     gen_key(r->admin, &w, k);
     send_jw(r, 200, &w);
+}
+
+/* The node has brought its view of the key's spending up to date (in a cluster: asked the
+ * key's owner); status is ignored: the answer is what the node knows now. */
+static void on_key_refreshed(void *done_ctx, int status, const char *json, size_t len)
+{
+    admin_write_t *w = done_ctx;
+    (void)status;
+    (void)json;
+    (void)len;
+    admin_req_t *r = write_detach(w);
+    if (r != NULL)
+        answer_key(r, w->name);
+    write_free(w);
+}
+
+static void handle_key_get(admin_req_t *r, const char *id)
+{
+    admin_t *a = r->admin;
+    if (find_key(a, id) == NULL || a->ops.refresh_key == NULL) {
+        answer_key(r, id);
+        return;
+    }
+    admin_write_t *w = write_new(r, QUERY_NODE);
+    if (w == NULL) {
+        send_error(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    snprintf(w->name, sizeof(w->name), "%s", id);
+    a->ops.refresh_key(a->ops.data, id, on_key_refreshed, w); /* may answer at once */
 }
 
 static Llmrelay__ApiKey *key_copy(const Llmrelay__ApiKey *k)

@@ -153,6 +153,10 @@ typedef struct admin_node_ops {
      * included. key_ids are the relay key ids of the current snapshot (borrowed for the
      * call), for keys_owned. Returns 0 or a negative error (answered 500). NULL = 503. */
     int (*cluster)(void *data, const char *const *key_ids, size_t n_keys, admin_cluster_t *out);
+    /* GET /admin/v1/keys/ID: bring the node's view of that key's spending up to date (in a
+     * cluster, ask the key's owner), then call done (any status; the answer is then built
+     * from key_spent). May call done at once. NULL: key_spent is read directly. */
+    void (*refresh_key)(void *data, const char *key_id, admin_answer_cb done, void *done_ctx);
     /* POST /admin/v1/drain (roles admin and operator): drain the node called name (a valid
      * node name, borrowed for the call), or this node when name is NULL. Async, answered
      * through done like query_logs: 202 {"node","draining":true} once this node's drain is

@@ -361,6 +361,31 @@ static void on_signal(uv_signal_t *h, int signum)
  * SIGTERM (idempotent: a node already draining answers 202 again). Another node: 404 when
  * gossip does not know it as a live member; else the request goes to it over peer RPC (202
  * with "via"), or 501 when this node runs without --peer-listen. */
+typedef struct refresh_ctx {
+    admin_answer_cb done;
+    void *done_ctx;
+} refresh_ctx_t;
+
+static void on_key_refreshed(void *ctx)
+{
+    refresh_ctx_t *rc = ctx;
+    rc->done(rc->done_ctx, 200, NULL, 0);
+    free(rc);
+}
+
+static void admin_refresh_key(void *data, const char *key_id, admin_answer_cb done, void *done_ctx)
+{
+    node_t *n = data;
+    refresh_ctx_t *rc = malloc(sizeof(*rc));
+    if (rc == NULL) {
+        done(done_ctx, 200, NULL, 0);
+        return;
+    }
+    rc->done = done;
+    rc->done_ctx = done_ctx;
+    metering_refresh_key(n->metering, key_id, on_key_refreshed, rc);
+}
+
 static void admin_drain(void *data, const char *name, admin_answer_cb done, void *done_ctx)
 {
     node_t *n = data;
@@ -535,6 +560,7 @@ int main(int argc, char **argv)
         .render_metrics = admin_render_metrics,
         .cluster = admin_cluster,
         .drain = admin_drain,
+        .refresh_key = admin_refresh_key,
     };
     metrics_ring_options_t ring_opts = {.loop = n->loop, .etcd = n->etcd, .prefix = n->cfg.etcd_prefix,
                                         .node = n->cfg.name, .clock = &n->clock, .metrics = n->metrics,

@@ -62,6 +62,10 @@ typedef struct meter_entry {
     uint64_t replica_version, replica_boot;
     quota_usage_t replica_spent, replica_unreserved;
     quota_usage_t replica_committed; /* reserved + leased out at the owner, as replicated */
+    /* main side, cluster: the owner's counters as last asked (KeyQuery), for `key show` */
+    uint64_t remote_ms;
+    quota_usage_t remote_spent;
+    int64_t remote_requests, remote_input, remote_output;
     int64_t replica_requests;
     uint64_t *replica_settled; /* ring of REPLICA_SETTLED_MAX request keys */
     uint32_t replica_settled_n, replica_settled_pos;
@@ -509,7 +513,19 @@ struct metering {
     size_t ckpt_n, ckpt_cursor;
     char ckpt_keys[128][METER_KEY_ID_MAX + 1];
     uint64_t ckpt_last_ms;
+    /* `key show` queries to owners */
+    struct key_query *queries;
+    uint64_t next_query_id;
 };
+
+typedef struct key_query {
+    struct key_query *next;
+    uint64_t id;
+    uint64_t deadline_ms;
+    char key_id[METER_KEY_ID_MAX + 1];
+    void (*done)(void *ctx);
+    void *ctx;
+} key_query_t;
 
 
 static void load_checkpoint(metering_t *m)
@@ -1534,6 +1550,63 @@ static void on_peer_message(void *data, const char *sender, uint64_t boot_id, co
         if (pm->handoff->state != NULL)
             on_replica(m, sender, key_id, pm->handoff->state, true);
         break;
+    case LLMRELAY__PEER_MESSAGE__BODY_KEY_QUERY: {
+        meter_entry_t *e = table_get(&m->table, key_id, false);
+        Llmrelay__KeyState ks = LLMRELAY__KEY_STATE__INIT;
+        Llmrelay__Replica rp = LLMRELAY__REPLICA__INIT;
+        Llmrelay__PeerUsage spent;
+        quota_usage_t sp = {0, 0};
+        int64_t sreq = 0;
+        if (e != NULL && e->owner != NULL) {
+            sp = quota_owner_spent(e->owner);
+            quota_owner_stat_t st;
+            quota_owner_stat(e->owner, &st);
+            sreq = st.spent_requests;
+        } else if (e != NULL) {
+            sp = e->has_replica ? e->replica_spent : e->ckpt_spent;
+        }
+        if (e != NULL) {
+            sp.tokens += e->total_unreserved.tokens;
+            sp.nanousd += e->total_unreserved.nanousd;
+            rp.total_requests = e->total_requests;
+            rp.total_input_tokens = e->total_input;
+            rp.total_output_tokens = e->total_output;
+        }
+        usage_to_pb(&spent, sp);
+        rp.spent = &spent;
+        rp.spent_requests = sreq;
+        ks.query_id = pm->key_query->query_id;
+        ks.state = &rp;
+        ks.owner = e != NULL && e->owner != NULL;
+        Llmrelay__PeerMessage out = LLMRELAY__PEER_MESSAGE__INIT;
+        out.key_id = (char *)key_id;
+        out.body_case = LLMRELAY__PEER_MESSAGE__BODY_KEY_STATE;
+        out.key_state = &ks;
+        send_to(m, sender, &out);
+        break;
+    }
+    case LLMRELAY__PEER_MESSAGE__BODY_KEY_STATE: {
+        meter_entry_t *e = table_get(&m->table, key_id, true);
+        const Llmrelay__Replica *rp = pm->key_state->state;
+        if (e != NULL && rp != NULL) {
+            e->remote_ms = now;
+            e->remote_spent = usage_from_pb(rp->spent);
+            e->remote_requests = rp->total_requests;
+            e->remote_input = rp->total_input_tokens;
+            e->remote_output = rp->total_output_tokens;
+        }
+        for (key_query_t **q = &m->queries; *q != NULL;) {
+            if ((*q)->id == pm->key_state->query_id) {
+                key_query_t *done = *q;
+                *q = done->next;
+                done->done(done->ctx);
+                free(done);
+                break;
+            }
+            q = &(*q)->next;
+        }
+        break;
+    }
     case LLMRELAY__PEER_MESSAGE__BODY_DRAIN:
         if (m->on_drain != NULL && pm->drain->node != NULL && strcmp(pm->drain->node, m->self) == 0)
             m->on_drain(m->on_drain_data, sender);
@@ -1730,6 +1803,8 @@ static void on_member(void *data, const char *name, int status)
              status == SWIM_DEAD ? "dead" : "left", m->ring != NULL ? ring_size(m->ring) : (size_t)0);
 }
 
+static void expire_queries(metering_t *m, uint64_t now, bool all);
+
 static void on_main_check(uv_check_t *h)
 {
     metering_t *m = h->data;
@@ -1802,6 +1877,7 @@ void metering_stop_cluster(metering_t *m)
 {
     if (m->peer == NULL)
         return;
+    expire_queries(m, 0, true);
     if (m->etcd != NULL)
         etcd_cancel_data(m->etcd, m);
     m->etcd = NULL;
@@ -1814,6 +1890,52 @@ void metering_stop_cluster(metering_t *m)
     peer_stop(m->peer);
     m->peer = NULL;
     m->gossip = NULL;
+}
+
+static void expire_queries(metering_t *m, uint64_t now, bool all)
+{
+    for (key_query_t **q = &m->queries; *q != NULL;) {
+        if (all || (*q)->deadline_ms <= now) {
+            key_query_t *done = *q;
+            *q = done->next;
+            done->done(done->ctx); /* answered from what this node knows */
+            free(done);
+            continue;
+        }
+        q = &(*q)->next;
+    }
+}
+
+void metering_refresh_key(metering_t *m, const char *key_id, void (*done)(void *ctx), void *ctx)
+{
+    if (m->peer == NULL || strlen(key_id) > METER_KEY_ID_MAX) {
+        done(ctx);
+        return;
+    }
+    const char *owner = owner_of(m, key_id, NULL);
+    key_query_t *q = owner != NULL && strcmp(owner, m->self) != 0 ? calloc(1, sizeof(*q)) : NULL;
+    if (q == NULL) {
+        done(ctx);
+        return;
+    }
+    q->id = ++m->next_query_id;
+    q->deadline_ms = (uint64_t)clock_now_ms(m->clock) + 2000;
+    snprintf(q->key_id, sizeof(q->key_id), "%s", key_id);
+    q->done = done;
+    q->ctx = ctx;
+    Llmrelay__KeyQuery kq = LLMRELAY__KEY_QUERY__INIT;
+    kq.query_id = q->id;
+    Llmrelay__PeerMessage pm = LLMRELAY__PEER_MESSAGE__INIT;
+    pm.key_id = q->key_id;
+    pm.body_case = LLMRELAY__PEER_MESSAGE__BODY_KEY_QUERY;
+    pm.key_query = &kq;
+    if (send_to(m, owner, &pm) != 0) {
+        free(q);
+        done(ctx);
+        return;
+    }
+    q->next = m->queries;
+    m->queries = q;
 }
 
 void metering_set_drain_handler(metering_t *m, void (*cb)(void *data, const char *by), void *data)
@@ -1998,6 +2120,7 @@ void metering_tick(metering_t *m)
     uint64_t now = (uint64_t)clock_now_ms(m->clock);
     if (m->peer != NULL) {
         ring_refresh(m);
+        expire_queries(m, now, false);
         retry_pending(m, now);
         /* replicas not acknowledged in time go again (to the backup of now) */
         for (size_t i = 0; i < m->table.cap; i++) {
@@ -2028,7 +2151,17 @@ bool metering_key_spent(metering_t *m, const char *key_id, int64_t *requests, in
     meter_entry_t *e = table_get(&m->table, key_id, false);
     if (e == NULL)
         return false;
-    quota_usage_t spent = e->owner != NULL ? quota_owner_spent(e->owner) : e->ckpt_spent;
+    if (e->owner == NULL && e->remote_ms != 0 && (uint64_t)clock_now_ms(m->clock) - e->remote_ms <= 5000) {
+        /* the owner's counters, just asked (metering_refresh_key) */
+        *requests = e->remote_requests;
+        *input_tokens = e->remote_input;
+        *output_tokens = e->remote_output;
+        *usd = quota_nanos_to_usd(e->remote_spent.nanousd);
+        return true;
+    }
+    quota_usage_t spent = e->owner != NULL  ? quota_owner_spent(e->owner)
+                          : e->has_replica ? e->replica_spent
+                                           : e->ckpt_spent;
     spent.nanousd += e->total_unreserved.nanousd;
     *requests = e->total_requests;
     *input_tokens = e->total_input;

@@ -161,7 +161,13 @@ void metering_set_snapshot(metering_t *m, snapshot_t *snap);
 void metering_on_msg(metering_t *m, meter_msg_t *msg);
 /* Every second: owner ticks, recalls, checkpoint. */
 void metering_tick(metering_t *m);
-/* Spent so far of a key id; false when the node has never seen it. */
+/* Cluster mode: asks the key's owner for its counters (when another node owns it) and
+ * calls done once they arrived or after 2 s; then metering_key_spent answers with them.
+ * Outside cluster mode, or when this node owns the key, done is called at once. */
+void metering_refresh_key(metering_t *m, const char *key_id, void (*done)(void *ctx), void *ctx);
+/* Spent so far of a key id (the owner's counters in a cluster: this node's if it owns the
+ * key, else the owner's as just asked, else the replica this node holds); false when the
+ * node has never seen it. */
 bool metering_key_spent(metering_t *m, const char *key_id, int64_t *requests, int64_t *input_tokens,
                         int64_t *output_tokens, double *usd);
 /* Writes the checkpoint now (at exit). */
