@@ -1,44 +1,73 @@
 /*
- * mockprovider: a fast, deterministic mock of the OpenAI wire format, the upstream that
- * llmrelay's end-to-end, chaos and benchmark tests talk to, and the ground truth that billing
- * is compared with (GET /mock/stats counts exactly the tokens it served, per upstream key).
+ * mockprovider: a fast, deterministic mock of the OpenAI, Anthropic and Gemini wire formats,
+ * the upstream that llmrelay's end-to-end, chaos and benchmark tests talk to, and the ground
+ * truth that billing is compared with (GET /mock/stats counts exactly the tokens it served,
+ * per upstream key).
+ *
+ * Endpoints: OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+ * GET /v1/models (key in `Authorization: Bearer`); Anthropic POST /v1/messages (key in
+ * `x-api-key` only; `anthropic-version` recorded, not required; `max_tokens` required);
+ * Gemini POST /v1beta/models/{model}:generateContent and :streamGenerateContent (key in
+ * `x-goog-api-key` or `?key=`; `?alt=sse` gives SSE `data: {..}\r\n\r\n` chunks, without it
+ * a JSON array `[{..}\n,{..}\n]`). Each format answers, streams and fails in its own shape.
  *
  * How it works: one h2o 2.2.5 server (libuv flavour) on one loop, cleartext HTTP/1.1 + h2c
  * (prior knowledge) or TLS 1.2/1.3 with ALPN h2 + http/1.1. Each request body is parsed with
- * yajl_tree into a "plan" (model, stream, token counts, faults); a plain answer is written at
- * once into the request pool, a delayed or streamed answer gets a heap-allocated mock_stream
- * with its own uv timer. A stream obeys the h2o generator contract: exactly one h2o_send per
- * proceed, and the bytes sent stay untouched in mock_stream.out until the next proceed or the
- * request's pool dispose, which is also the only place a mock_stream is released (timer
- * closed, buffers wiped and freed in the close callback), whether the client finished, reset
- * the stream or disconnected.
+ * yajl_tree into a "plan" (format, model, stream, token counts, faults); a plain answer is
+ * written at once into the request pool, a delayed or streamed answer gets a heap-allocated
+ * mock_stream with its own uv timer. A stream obeys the h2o generator contract: exactly one
+ * h2o_send per proceed, and the bytes sent stay untouched in mock_stream.out until the next
+ * proceed or the request's pool dispose, which is also the only place a mock_stream is
+ * released (timer closed, buffers wiped and freed in the close callback), whether the client
+ * finished, reset the stream or disconnected.
  *
  * Deterministic token counts (what billing tests compare with):
- *   - B = total byte length of the string values of the request's prompt: every `content`
- *     string of `messages` and the `text` of content-part arrays, `prompt` (string or array),
- *     `input` (string, array of strings, or response items with `content`/`text`; each integer
- *     of a token array counts as 4 bytes), and `instructions`.
+ *   - B = total byte length of the string values of the request's prompt: OpenAI: every
+ *     `content` string of `messages` and the `text` of content-part arrays, `prompt` (string
+ *     or array), `input` (string, array of strings, or response items with `content`/`text`;
+ *     each integer of a token array counts as 4 bytes), and `instructions`. Anthropic:
+ *     `system` (string or text blocks) and every message's content (string, text blocks, and
+ *     the content of tool_result blocks). Gemini: the `text` of every part of
+ *     `systemInstruction` and of every `contents[]` entry.
  *   - input tokens  P = max(1, ceil(B / 4))   (so P never exceeds the prompt's byte count).
  *   - output tokens C = --chunks (default 8), or the `chunks=` directive / global config,
- *     capped by `max_tokens` / `max_completion_tokens` / `max_output_tokens` when given (then
- *     finish_reason "length", or responses status "incomplete"). Embeddings: C = 0.
+ *     capped by `max_tokens` / `max_completion_tokens` / `max_output_tokens` /
+ *     generationConfig.maxOutputTokens when given (then finish_reason "length", stop_reason
+ *     "max_tokens", finishReason "MAX_TOKENS", or responses status "incomplete").
+ *     Embeddings: C = 0. A tool call (directive tool=NAME; chat, messages, Gemini only) has
+ *     the fixed arguments MOCK_TOOL_ARGS and C = 1 + ceil(argument bytes / 4) = 5, never
+ *     capped; streamed as one piece naming the call then one piece per 4 argument bytes
+ *     (Gemini: the whole functionCall in one chunk).
  *   - token i is " tok<i>", except token 1 is the --reply-text when it is set.
- *   - stats count what was served: a plain 200 answer counts P + C; a stream counts P when its
- *     headers go out and each token as it is handed to h2o (a cut stream counts its K tokens);
- *     an error answer counts 0 tokens and one error; a cut stream also counts one error.
- *     `requests` counts every request to a billed endpoint (chat, completions, embeddings,
- *     responses) under the key it presented (`""` when none), rejected ones included.
- *     `connections` counts TCP connections, each attributed to the key of its first /v1
- *     request; totals.connections counts every accepted connection (also those that only call /mock/ endpoints).
+ *   - thoughts=N adds N reasoning tokens (OpenAI reasoning_tokens within completion_tokens,
+ *     Anthropic within output_tokens, Gemini thoughtsTokenCount beside candidatesTokenCount);
+ *     they are served output. cached=N (at most P) reports N of the P input tokens as cached
+ *     (OpenAI cached_tokens and Gemini cachedContentTokenCount within P; Anthropic
+ *     cache_read_input_tokens N and input_tokens P - N).
+ *   - stats count what was served: a plain 200 answer counts P + C + thoughts; a stream counts
+ *     P and the thoughts when its headers go out and each token as it is handed to h2o (a cut
+ *     stream counts its K tokens; a streamed Gemini tool call counts C with its chunk); an
+ *     error answer counts 0 tokens and one error; a cut stream and a refused request also
+ *     count one error. `requests` counts every request to a billed endpoint (all but models)
+ *     under the key it presented (`""` when none), rejected ones included. `connections`
+ *     counts TCP connections, each attributed to the key of its first API request;
+ *     totals.connections counts every accepted connection (also those that only call /mock/
+ *     endpoints).
  *
  * Directives: `[[mock:k=v,...]]` anywhere in the prompt text (first one found wins) with keys
- * chunks, delay_ms, first_byte_delay_ms, status, cut_after, usage. They override, field by
- * field, the global config set with POST /mock/config, which overrides the command line.
- * status=0 or 200 means "no fault".
+ * chunks, delay_ms, first_byte_delay_ms, status, cut_after, usage, thoughts, cached, tool,
+ * quota (1: the format's spend-limit error, see build_quota_error) and the word `refuse` (close
+ * the connection without an answer). Per-key fault scripts (POST /mock/script {"key", "script":
+ * [outcome, ...], "then": outcome | "loop": true}, outcomes in the same syntax plus "ok") give
+ * each request of that key that passed auth the next outcome. Precedence, field by field:
+ * command line < global config (POST /mock/config) < script outcome < directive. status=0 or
+ * 200 means "no fault".
  *
  * Privacy: the mock logs method, path, status, model, key suffix and counts only; buffers
- * that held request or answer text are wiped before being freed.
+ * that held request or answer text are wiped before being freed. GET /mock/requests keeps,
+ * in memory, shapes only (field names, part types, tool names, prompt byte counts).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -51,6 +80,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +104,12 @@
 #define MOCK_BATCH_BYTES 16384 /* undelayed streams: tokens per h2o_send up to this size */
 #define MOCK_EMBED_DIM 8
 #define MOCK_MAX_EMBED_INPUTS 4096
+#define MOCK_MAX_SCRIPTS 128 /* keys with a fault script */
+#define MOCK_MAX_STEPS 64    /* outcomes per script */
+#define MOCK_TOOL_LEN 64
+#define MOCK_TOOL_ARGS "{\"city\":\"Paris\"}" /* the fixed arguments of every mock tool call */
+#define MOCK_TOOL_PIECE 4                    /* streamed argument bytes per token */
+#define MOCK_DESC_LEN 512                    /* /mock/requests: field names, part types, tool names */
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -184,9 +220,36 @@ static void sb_json_str(struct sbuf *b, const char *s, size_t n)
 struct mock_overrides {
     int has_chunks, has_delay, has_first_byte_delay, has_status, has_cut_after, has_usage;
     long chunks, delay_ms, first_byte_delay_ms, status, cut_after, usage;
+    int has_thoughts, has_cached, has_quota, has_refuse, has_tool;
+    long thoughts, cached, quota, refuse;
+    char tool[MOCK_TOOL_LEN]; /* "" with has_tool: no tool call */
 };
 
-enum mock_api { API_CHAT, API_COMPLETIONS, API_EMBEDDINGS, API_RESPONSES, API_MODELS, API_NONE };
+enum mock_api {
+    API_CHAT,
+    API_COMPLETIONS,
+    API_EMBEDDINGS,
+    API_RESPONSES,
+    API_MODELS,
+    API_ANTHROPIC, /* POST /v1/messages */
+    API_GEMINI,    /* POST /v1beta/models/{model}:generateContent / :streamGenerateContent */
+    API_NONE
+};
+
+/* The wire format an answer (and an error) is written in. */
+enum mock_format { FMT_OPENAI, FMT_ANTHROPIC, FMT_GEMINI };
+
+/* A per-key fault script: outcome i applies to the key's i-th next request, then `then` or a loop. */
+struct key_script {
+    int used;
+    size_t key_len;
+    char key[MOCK_MAX_KEY_LEN + 1];
+    struct mock_overrides steps[MOCK_MAX_STEPS];
+    size_t count, next;
+    int loop;
+    struct mock_overrides then; /* after the last step when not looping */
+    uint64_t consumed;
+};
 
 struct key_stats {
     int used;
@@ -196,6 +259,7 @@ struct key_stats {
 };
 
 struct request_record {
+    char method[8];
     char path[64];
     char model[MOCK_MODEL_LEN + 1];
     int stream;           /* 0/1 */
@@ -203,7 +267,15 @@ struct request_record {
     int store;            /* -1 null, 0, 1 */
     long long max_tokens; /* -1 null */
     char key_suffix[5];
-    int status;
+    size_t key_index; /* for GET /mock/requests?key=K; SIZE_MAX: none */
+    int status;       /* 0: refused (connection closed without an answer) */
+    const char *auth; /* static: how the key came ("bearer", "x-api-key", "x-goog-api-key", "query", "none") */
+    char anthropic_version[32];
+    uint64_t prompt_bytes;
+    double temperature, top_p; /* NaN: absent */
+    /* shapes, never text: top-level field names, "role:type,type" per message, tool names; each \0-separated */
+    char fields[MOCK_DESC_LEN], parts[MOCK_DESC_LEN], tools[MOCK_DESC_LEN];
+    size_t fields_len, parts_len, tools_len;
 };
 
 /* One accepted TCP connection; the uv handle is first so the close callback can free it. */
@@ -244,6 +316,7 @@ struct mock_server {
     struct request_record ring[MOCK_RING];
     size_t ring_next, ring_count;
     struct conn_record *conn_buckets[MOCK_CONN_BUCKETS];
+    struct key_script *scripts; /* owned, MOCK_MAX_SCRIPTS */
     struct sbuf scratch; /* reused to build plain answers before they are copied to the pool */
 };
 
@@ -255,18 +328,26 @@ struct mock_handler {
 /* Everything the answer depends on, decided from the request before anything is sent. */
 struct mock_plan {
     enum mock_api api;
+    enum mock_format format;
     char model[MOCK_MODEL_LEN + 1];
     int stream;
+    int gemini_sse;       /* Gemini stream: SSE (?alt=sse) rather than a JSON array */
     int include_usage;    /* -1 absent */
     int store;            /* -1 absent */
     long long max_tokens; /* -1 absent */
     uint64_t prompt_tokens;
-    unsigned chunks;                               /* C, after the max_tokens cap */
+    uint64_t prompt_bytes;
+    unsigned chunks;                               /* C, after the max_tokens cap (a tool call: its tokens) */
+    unsigned units;                                /* stream steps: text tokens, or tool call pieces */
+    uint64_t thoughts, cached;                     /* directive: reported thoughts / cached tokens */
+    int quota;                                     /* status is the format's spend-limit error */
+    int refuse;                                    /* close the connection without an answer */
+    char tool[MOCK_TOOL_LEN];                      /* "" : text answer */
     int truncated;                                 /* capped by max_tokens */
     long delay_ms, first_byte_delay_ms, cut_after; /* cut_after -1: none */
     int status;                                    /* 0: success */
     int usage;                                     /* include usage in the answer */
-    char id[48], item_id[48];
+    char id[48], item_id[48], call_id[48];
     long long created;
     size_t key_index;
 };
@@ -337,6 +418,8 @@ static const char *status_reason(int status)
         return "Service Unavailable";
     case 504:
         return "Gateway Timeout";
+    case 529:
+        return "Overloaded";
     default:
         return status < 500 ? "Client Error" : "Server Error";
     }
@@ -401,6 +484,130 @@ static void build_error(struct sbuf *b, int status, const char *message)
     sb_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}", type, code);
 }
 
+/* Anthropic-shaped error: {"type":"error","error":{"type":T,"message":M}}. */
+static void build_error_anthropic(struct sbuf *b, int status, const char *message)
+{
+    const char *type = "invalid_request_error";
+    switch (status) {
+    case 401:
+        type = "authentication_error";
+        if (message == NULL)
+            message = "invalid x-api-key";
+        break;
+    case 403:
+        type = "permission_error";
+        break;
+    case 404:
+        type = "not_found_error";
+        break;
+    case 413:
+        type = "request_too_large";
+        break;
+    case 429:
+        type = "rate_limit_error";
+        if (message == NULL)
+            message = "Number of request tokens has exceeded your per-minute rate limit (mock)";
+        break;
+    case 504:
+        type = "timeout_error";
+        break;
+    case 529:
+        type = "overloaded_error";
+        if (message == NULL)
+            message = "Overloaded (mock)";
+        break;
+    default:
+        if (status >= 500) {
+            type = "api_error";
+            if (message == NULL)
+                message = "Internal server error (mock)";
+        }
+        break;
+    }
+    if (message == NULL)
+        message = status_reason(status);
+    sb_printf(b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", type);
+    sb_json_str(b, message, strlen(message));
+    sb_adds(b, "}}");
+}
+
+/* Gemini-shaped (google.rpc.Status) error: {"error":{"code":N,"message":M,"status":S}}. */
+static void build_error_gemini(struct sbuf *b, int status, const char *message)
+{
+    const char *code = status >= 500 ? "INTERNAL" : "INVALID_ARGUMENT";
+    switch (status) {
+    case 401:
+        code = "UNAUTHENTICATED";
+        if (message == NULL)
+            message = "API key not valid. Please pass a valid API key. (mock)";
+        break;
+    case 403:
+        code = "PERMISSION_DENIED";
+        break;
+    case 404:
+        code = "NOT_FOUND";
+        break;
+    case 408:
+    case 504:
+        code = "DEADLINE_EXCEEDED";
+        break;
+    case 429:
+        code = "RESOURCE_EXHAUSTED";
+        if (message == NULL)
+            message = "Resource has been exhausted (e.g. check quota). (mock)";
+        break;
+    case 503:
+    case 529:
+        code = "UNAVAILABLE";
+        if (message == NULL)
+            message = "The model is overloaded. Please try again later. (mock)";
+        break;
+    default:
+        break;
+    }
+    if (message == NULL)
+        message = status_reason(status);
+    sb_printf(b, "{\"error\":{\"code\":%d,\"message\":", status);
+    sb_json_str(b, message, strlen(message));
+    sb_printf(b, ",\"status\":\"%s\"}}", code);
+}
+
+/*
+ * The spend-limit ("quota") error of each format; returns its status. OpenAI: 429
+ * insufficient_quota. Anthropic has no 429 for it: a workspace over its spend limit gets 400
+ * invalid_request_error "You have reached your specified API usage limits...". Gemini: 429
+ * RESOURCE_EXHAUSTED whose message names the plan and billing details.
+ */
+static int build_quota_error(struct sbuf *b, enum mock_format fmt)
+{
+    switch (fmt) {
+    case FMT_ANTHROPIC:
+        build_error_anthropic(b, 400,
+                              "You have reached your specified API usage limits. You will regain access on "
+                              "2099-01-01 at 00:00 UTC. (mock)");
+        return 400;
+    case FMT_GEMINI:
+        build_error_gemini(b, 429,
+                           "You exceeded your current quota, please check your plan and billing details. (mock)");
+        return 429;
+    default:
+        sb_adds(b, "{\"error\":{\"message\":\"You exceeded your current quota, please check your plan and billing "
+                   "details. (mock)\",\"type\":\"insufficient_quota\",\"param\":null,"
+                   "\"code\":\"insufficient_quota\"}}");
+        return 429;
+    }
+}
+
+static void build_error_fmt(struct sbuf *b, enum mock_format fmt, int status, const char *message)
+{
+    if (fmt == FMT_ANTHROPIC)
+        build_error_anthropic(b, status, message);
+    else if (fmt == FMT_GEMINI)
+        build_error_gemini(b, status, message);
+    else
+        build_error(b, status, message);
+}
+
 static void add_header(h2o_req_t *req, const h2o_token_t *token, const char *value)
 {
     h2o_add_header(&req->pool, &req->res.headers, token, NULL, value, strlen(value));
@@ -425,11 +632,17 @@ static int send_json(h2o_req_t *req, int status, const char *body, size_t len)
     return 0;
 }
 
-static int send_error(struct mock_server *srv, h2o_req_t *req, int status, const char *message)
+static int send_error_fmt(struct mock_server *srv, h2o_req_t *req, enum mock_format fmt, int status,
+                          const char *message)
 {
     srv->scratch.len = 0;
-    build_error(&srv->scratch, status, message);
+    build_error_fmt(&srv->scratch, fmt, status, message);
     return send_json(req, status, srv->scratch.data, srv->scratch.len);
+}
+
+static int send_error(struct mock_server *srv, h2o_req_t *req, int status, const char *message)
+{
+    return send_error_fmt(srv, req, FMT_OPENAI, status, message);
 }
 
 /* ---------- stats ---------- */
@@ -485,11 +698,12 @@ static void stats_reset(struct mock_server *srv)
     srv->total_connections = 0;
     srv->ring_next = srv->ring_count = 0;
     memset(&srv->global, 0, sizeof(srv->global));
+    memset(srv->scripts, 0, sizeof(struct key_script) * MOCK_MAX_SCRIPTS);
     srv->stats_generation++;
 }
 
-static void record_request(struct mock_server *srv, h2o_req_t *req, const struct mock_plan *plan, const char *key,
-                           size_t key_len, int status)
+static struct request_record *record_request(struct mock_server *srv, h2o_req_t *req, const struct mock_plan *plan,
+                                             const char *key, size_t key_len, size_t key_index, int status)
 {
     struct request_record *r = &srv->ring[srv->ring_next];
     srv->ring_next = (srv->ring_next + 1) % MOCK_RING;
@@ -498,6 +712,11 @@ static void record_request(struct mock_server *srv, h2o_req_t *req, const struct
     memset(r, 0, sizeof(*r));
     size_t n = req->path_normalized.len < sizeof(r->path) - 1 ? req->path_normalized.len : sizeof(r->path) - 1;
     memcpy(r->path, req->path_normalized.base, n);
+    n = req->method.len < sizeof(r->method) - 1 ? req->method.len : sizeof(r->method) - 1;
+    memcpy(r->method, req->method.base, n);
+    r->key_index = key_index;
+    r->auth = "none";
+    r->temperature = r->top_p = NAN;
     r->include_usage = -1;
     r->store = -1;
     r->max_tokens = -1;
@@ -507,13 +726,15 @@ static void record_request(struct mock_server *srv, h2o_req_t *req, const struct
         r->include_usage = plan->include_usage;
         r->store = plan->store;
         r->max_tokens = plan->max_tokens;
+        r->prompt_bytes = plan->prompt_bytes;
     }
     size_t start = key_len > 4 ? key_len - 4 : 0;
     memcpy(r->key_suffix, key + start, key_len - start);
     r->status = status;
     if (!srv->quiet)
-        fprintf(stderr, "mockprovider: %.*s %s status=%d key=...%s model=%s stream=%d\n", (int)req->method.len,
-                req->method.base, r->path, status, r->key_suffix, r->model, r->stream);
+        fprintf(stderr, "mockprovider: %s %s status=%d key=...%s model=%s stream=%d\n", r->method, r->path, status,
+                r->key_suffix, r->model, r->stream);
+    return r;
 }
 
 /* ---------- connection tracking ---------- */
@@ -587,6 +808,18 @@ struct prompt_scan {
     struct mock_overrides directive;
 };
 
+/* One outcome word of a directive or script step: "refuse" or "ok" (no change). */
+static void parse_directive_word(struct mock_overrides *o, char *item)
+{
+    size_t n = strlen(item);
+    while (n > 0 && item[n - 1] == ' ')
+        item[--n] = '\0';
+    if (strcmp(item, "refuse") == 0) {
+        o->has_refuse = 1;
+        o->refuse = 1;
+    }
+}
+
 static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
 {
     /* s points just after "[[mock:"; the directive ends at "]]" (bounded to 256 bytes) */
@@ -601,12 +834,27 @@ static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
         while (*item == ' ')
             item++;
         char *eq = strchr(item, '=');
-        if (eq == NULL)
+        if (eq == NULL) {
+            parse_directive_word(o, item);
             continue;
+        }
         *eq = '\0';
         char *end = eq;
         while (end > item && end[-1] == ' ')
             *--end = '\0';
+        if (strcmp(item, "tool") == 0) {
+            /* a tool name: [A-Za-z0-9_-], at most 63 bytes; empty means "no tool call" */
+            const char *v = eq + 1;
+            while (*v == ' ')
+                v++;
+            size_t k = 0;
+            while (k < MOCK_TOOL_LEN - 1 && (isalnum((unsigned char)v[k]) || v[k] == '_' || v[k] == '-'))
+                k++;
+            memcpy(o->tool, v, k);
+            o->tool[k] = '\0';
+            o->has_tool = 1;
+            continue;
+        }
         char *vend = NULL;
         long v = strtol(eq + 1, &vend, 10);
         if (vend == eq + 1)
@@ -629,6 +877,18 @@ static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
         } else if (strcmp(item, "usage") == 0) {
             o->has_usage = 1;
             o->usage = v;
+        } else if (strcmp(item, "thoughts") == 0) {
+            o->has_thoughts = 1;
+            o->thoughts = v;
+        } else if (strcmp(item, "cached") == 0) {
+            o->has_cached = 1;
+            o->cached = v;
+        } else if (strcmp(item, "quota") == 0) {
+            o->has_quota = 1;
+            o->quota = v;
+        } else if (strcmp(item, "refuse") == 0) {
+            o->has_refuse = 1;
+            o->refuse = v;
         }
     }
 }
@@ -678,6 +938,11 @@ static void scan_content(struct prompt_scan *ps, yajl_val v, int depth)
     }
 }
 
+static long clamp_long(long v, long lo, long hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
 static void apply_overrides(struct mock_plan *plan, long *chunks, const struct mock_overrides *o)
 {
     if (o->has_chunks)
@@ -692,11 +957,16 @@ static void apply_overrides(struct mock_plan *plan, long *chunks, const struct m
         plan->cut_after = o->cut_after;
     if (o->has_usage)
         plan->usage = o->usage != 0;
-}
-
-static long clamp_long(long v, long lo, long hi)
-{
-    return v < lo ? lo : v > hi ? hi : v;
+    if (o->has_thoughts)
+        plan->thoughts = o->thoughts < 0 ? 0 : (uint64_t)clamp_long(o->thoughts, 0, MOCK_MAX_CHUNKS);
+    if (o->has_cached)
+        plan->cached = o->cached < 0 ? 0 : (uint64_t)o->cached;
+    if (o->has_quota)
+        plan->quota = o->quota != 0;
+    if (o->has_refuse)
+        plan->refuse = o->refuse != 0;
+    if (o->has_tool)
+        memcpy(plan->tool, o->tool, sizeof(plan->tool));
 }
 
 static int get_bool(yajl_val root, const char *key)
@@ -717,16 +987,38 @@ static long long get_int(yajl_val root, const char *key)
     return -1;
 }
 
-/* Fill the plan from the parsed request. Returns 0, or -EINVAL with a fixed message. */
-static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val root, const char **message)
+static double get_double(yajl_val root, const char *key)
 {
-    yajl_val model = obj_get(root, "model");
-    if (!YAJL_IS_STRING(model) || YAJL_GET_STRING(model)[0] == '\0') {
-        *message = "you must provide a model parameter";
-        return -EINVAL;
+    yajl_val v = obj_get(root, key);
+    return YAJL_IS_NUMBER(v) ? YAJL_GET_DOUBLE(v) : NAN;
+}
+
+/* Gemini: the text of every part of a Content object ({"role", "parts": [{"text"}, ...]}). */
+static void scan_gemini_content(struct prompt_scan *ps, yajl_val content)
+{
+    yajl_val parts = obj_get(content, "parts");
+    if (!YAJL_IS_ARRAY(parts))
+        return;
+    for (size_t i = 0; i < parts->u.array.len; i++) {
+        yajl_val text = obj_get(parts->u.array.values[i], "text");
+        if (YAJL_IS_STRING(text))
+            scan_string(ps, YAJL_GET_STRING(text));
     }
-    snprintf(plan->model, sizeof(plan->model), "%s", YAJL_GET_STRING(model));
-    plan->stream = plan->api != API_EMBEDDINGS && get_bool(root, "stream") == 1;
+}
+
+/* Fill the plan from the parsed request. Returns 0, or -EINVAL with a fixed message. */
+static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val root,
+                      const struct mock_overrides *step, const char **message)
+{
+    if (plan->api != API_GEMINI) { /* Gemini's model is in the path */
+        yajl_val model = obj_get(root, "model");
+        if (!YAJL_IS_STRING(model) || YAJL_GET_STRING(model)[0] == '\0') {
+            *message = plan->api == API_ANTHROPIC ? "model: Field required" : "you must provide a model parameter";
+            return -EINVAL;
+        }
+        snprintf(plan->model, sizeof(plan->model), "%s", YAJL_GET_STRING(model));
+        plan->stream = plan->api != API_EMBEDDINGS && get_bool(root, "stream") == 1;
+    }
     yajl_val so = obj_get(root, "stream_options");
     plan->include_usage = -1;
     if (YAJL_IS_OBJECT(so)) {
@@ -741,26 +1033,45 @@ static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val 
             plan->max_tokens = get_int(root, "max_tokens");
         break;
     case API_COMPLETIONS:
+    case API_ANTHROPIC:
         plan->max_tokens = get_int(root, "max_tokens");
         break;
     case API_RESPONSES:
         plan->max_tokens = get_int(root, "max_output_tokens");
         break;
+    case API_GEMINI:
+        plan->max_tokens = get_int(obj_get(root, "generationConfig"), "maxOutputTokens");
+        break;
     default:
         break;
+    }
+    if (plan->api == API_ANTHROPIC && plan->max_tokens < 0) {
+        *message = "max_tokens: Field required";
+        return -EINVAL;
     }
 
     struct prompt_scan ps;
     memset(&ps, 0, sizeof(ps));
-    yajl_val messages = obj_get(root, "messages");
-    if (YAJL_IS_ARRAY(messages))
-        for (size_t i = 0; i < messages->u.array.len; i++)
-            scan_content(&ps, obj_get(messages->u.array.values[i], "content"), 0);
-    scan_content(&ps, obj_get(root, "prompt"), 0);
-    scan_content(&ps, obj_get(root, "input"), 0);
-    yajl_val instructions = obj_get(root, "instructions");
-    if (YAJL_IS_STRING(instructions))
-        scan_string(&ps, YAJL_GET_STRING(instructions));
+    if (plan->api == API_GEMINI) {
+        scan_gemini_content(&ps, obj_get(root, "systemInstruction"));
+        yajl_val contents = obj_get(root, "contents");
+        if (YAJL_IS_ARRAY(contents))
+            for (size_t i = 0; i < contents->u.array.len; i++)
+                scan_gemini_content(&ps, contents->u.array.values[i]);
+    } else {
+        /* Anthropic: system (string or text blocks) and content (string or blocks, tool_result content) */
+        scan_content(&ps, obj_get(root, "system"), 0);
+        yajl_val messages = obj_get(root, "messages");
+        if (YAJL_IS_ARRAY(messages))
+            for (size_t i = 0; i < messages->u.array.len; i++)
+                scan_content(&ps, obj_get(messages->u.array.values[i], "content"), 0);
+        scan_content(&ps, obj_get(root, "prompt"), 0);
+        scan_content(&ps, obj_get(root, "input"), 0);
+        yajl_val instructions = obj_get(root, "instructions");
+        if (YAJL_IS_STRING(instructions))
+            scan_string(&ps, YAJL_GET_STRING(instructions));
+    }
+    plan->prompt_bytes = ps.bytes;
     plan->prompt_tokens = ps.bytes == 0 ? 1 : (ps.bytes + 3) / 4;
 
     long chunks = srv->chunks;
@@ -770,6 +1081,8 @@ static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val 
     plan->cut_after = -1;
     plan->usage = 1;
     apply_overrides(plan, &chunks, &srv->global);
+    if (step != NULL)
+        apply_overrides(plan, &chunks, step);
     if (ps.found_directive)
         apply_overrides(plan, &chunks, &ps.directive);
     chunks = clamp_long(chunks, 0, MOCK_MAX_CHUNKS);
@@ -779,16 +1092,30 @@ static int plan_build(struct mock_server *srv, struct mock_plan *plan, yajl_val 
         plan->status = 0;
     if (plan->status != 0 && (plan->status < 400 || plan->status > 599))
         plan->status = 500;
+    if (plan->quota) /* the format's spend-limit error (see build_quota_error) */
+        plan->status = plan->format == FMT_ANTHROPIC ? 400 : 429;
     if (plan->cut_after < 0)
         plan->cut_after = -1;
+    if (plan->cached > plan->prompt_tokens)
+        plan->cached = plan->prompt_tokens;
+    if (plan->api != API_CHAT && plan->api != API_ANTHROPIC && plan->api != API_GEMINI)
+        plan->tool[0] = '\0'; /* tool calls exist in the three chat formats only */
+    if (plan->api == API_EMBEDDINGS)
+        plan->thoughts = 0;
     plan->truncated = 0;
     if (plan->api == API_EMBEDDINGS) {
         chunks = 0;
+    } else if (plan->tool[0] != '\0') {
+        /* a tool call: one token for the call, one per MOCK_TOOL_PIECE bytes of arguments; never capped */
+        size_t pieces = (strlen(MOCK_TOOL_ARGS) + MOCK_TOOL_PIECE - 1) / MOCK_TOOL_PIECE;
+        chunks = 1 + (long)pieces;
     } else if (plan->max_tokens >= 0 && plan->max_tokens < chunks) {
         chunks = (long)plan->max_tokens;
         plan->truncated = 1;
     }
     plan->chunks = (unsigned)chunks;
+    /* Gemini sends a function call whole, in one chunk */
+    plan->units = plan->tool[0] != '\0' && plan->api == API_GEMINI ? 1 : plan->chunks;
     return 0;
 }
 
@@ -811,26 +1138,101 @@ static void append_full_text(struct sbuf *b, const struct mock_server *srv, unsi
     sb_add(b, "\"", 1);
 }
 
-static void append_chat_usage(struct sbuf *b, uint64_t p, uint64_t c)
+/* OpenAI usage: completion tokens include the reasoning (thoughts) ones, prompt tokens the cached ones. */
+static void append_chat_usage(struct sbuf *b, const struct mock_plan *plan)
 {
-    sb_printf(
-        b,
-        "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64
-        ",\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}",
-        p, c, p + c);
+    uint64_t p = plan->prompt_tokens, c = plan->chunks + plan->thoughts;
+    sb_printf(b,
+              "{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64
+              ",\"prompt_tokens_details\":{\"cached_tokens\":%" PRIu64
+              "},\"completion_tokens_details\":{\"reasoning_tokens\":%" PRIu64 "}}",
+              p, c, p + c, plan->cached, plan->thoughts);
 }
 
-static void append_responses_usage(struct sbuf *b, uint64_t p, uint64_t c)
+static void append_responses_usage(struct sbuf *b, const struct mock_plan *plan)
+{
+    uint64_t p = plan->prompt_tokens, c = plan->chunks + plan->thoughts;
+    sb_printf(b,
+              "{\"input_tokens\":%" PRIu64 ",\"input_tokens_details\":{\"cached_tokens\":%" PRIu64
+              "},\"output_tokens\":%" PRIu64 ",\"output_tokens_details\":{\"reasoning_tokens\":%" PRIu64
+              "},\"total_tokens\":%" PRIu64 "}",
+              p, plan->cached, c, plan->thoughts, p + c);
+}
+
+/* Anthropic usage: input_tokens excludes the cache reads (input + cache reads = P); output includes thoughts. */
+static void append_anthropic_usage(struct sbuf *b, const struct mock_plan *plan, uint64_t output)
 {
     sb_printf(b,
-              "{\"input_tokens\":%" PRIu64 ",\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":%" PRIu64
-              ",\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":%" PRIu64 "}",
-              p, c, p + c);
+              "{\"input_tokens\":%" PRIu64 ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":%" PRIu64
+              ",\"output_tokens\":%" PRIu64 "}",
+              plan->prompt_tokens - plan->cached, plan->cached, output);
+}
+
+/* Gemini usageMetadata after `candidates` output tokens (cumulative); thoughts are counted apart. */
+static void append_gemini_usage(struct sbuf *b, const struct mock_plan *plan, uint64_t candidates)
+{
+    sb_printf(b, "{\"promptTokenCount\":%" PRIu64 ",\"candidatesTokenCount\":%" PRIu64 ",\"totalTokenCount\":%" PRIu64,
+              plan->prompt_tokens, candidates, plan->prompt_tokens + candidates + plan->thoughts);
+    if (plan->cached > 0)
+        sb_printf(b, ",\"cachedContentTokenCount\":%" PRIu64, plan->cached);
+    if (plan->thoughts > 0)
+        sb_printf(b, ",\"thoughtsTokenCount\":%" PRIu64, plan->thoughts);
+    sb_adds(b, "}");
 }
 
 static const char *finish_reason(const struct mock_plan *plan)
 {
-    return plan->truncated ? "length" : "stop";
+    return plan->tool[0] ? "tool_calls" : plan->truncated ? "length" : "stop";
+}
+
+static const char *anthropic_stop_reason(const struct mock_plan *plan)
+{
+    return plan->tool[0] ? "tool_use" : plan->truncated ? "max_tokens" : "end_turn";
+}
+
+static const char *gemini_finish_reason(const struct mock_plan *plan)
+{
+    return plan->truncated ? "MAX_TOKENS" : "STOP";
+}
+
+/* The tool call's arguments as a JSON string value (OpenAI's `arguments`). */
+static void append_tool_args_string(struct sbuf *b)
+{
+    sb_json_str(b, MOCK_TOOL_ARGS, strlen(MOCK_TOOL_ARGS));
+}
+
+/* The content of a non-stream Anthropic message or a Gemini candidate: text or the tool call. */
+static void append_anthropic_content(struct sbuf *b, const struct mock_server *srv, const struct mock_plan *plan)
+{
+    if (plan->tool[0]) {
+        sb_printf(b, "[{\"type\":\"tool_use\",\"id\":\"%s\",\"name\":\"%s\",\"input\":%s}]", plan->call_id, plan->tool,
+                  MOCK_TOOL_ARGS);
+    } else {
+        sb_adds(b, "[{\"type\":\"text\",\"text\":");
+        append_full_text(b, srv, plan->chunks);
+        sb_adds(b, "}]");
+    }
+}
+
+static void append_gemini_chunk_begin(struct sbuf *b)
+{
+    sb_adds(b, "{\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[");
+}
+
+/* Closes a candidate opened by append_gemini_chunk_begin; usage_tokens < 0: no usageMetadata. */
+static void append_gemini_chunk_end(struct sbuf *b, const struct mock_plan *plan, int final, long long usage_tokens)
+{
+    sb_adds(b, "]}");
+    if (final)
+        sb_printf(b, ",\"finishReason\":\"%s\"", gemini_finish_reason(plan));
+    sb_adds(b, ",\"index\":0}]");
+    if (plan->usage && usage_tokens >= 0) {
+        sb_adds(b, ",\"usageMetadata\":");
+        append_gemini_usage(b, plan, (uint64_t)usage_tokens);
+    }
+    sb_adds(b, ",\"modelVersion\":");
+    sb_json_str(b, plan->model, strlen(plan->model));
+    sb_printf(b, ",\"responseId\":\"%s\"}", plan->id);
 }
 
 static void append_output_item(struct sbuf *b, const struct mock_server *srv, const struct mock_plan *plan,
@@ -875,7 +1277,7 @@ static void append_response_object(struct sbuf *b, const struct mock_server *srv
     if (plan->usage) {
         sb_adds(b, ",\"usage\":");
         if (final)
-            append_responses_usage(b, plan->prompt_tokens, plan->chunks);
+            append_responses_usage(b, plan);
         else
             sb_adds(b, "null");
     }
@@ -947,11 +1349,19 @@ static void build_plain_answer(struct sbuf *b, const struct mock_server *srv, co
                   plan->created);
         sb_json_str(b, plan->model, strlen(plan->model));
         sb_adds(b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-        append_full_text(b, srv, plan->chunks);
+        if (plan->tool[0]) {
+            sb_printf(b, "null,\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"%s\","
+                         "\"arguments\":",
+                      plan->call_id, plan->tool);
+            append_tool_args_string(b);
+            sb_adds(b, "}}]");
+        } else {
+            append_full_text(b, srv, plan->chunks);
+        }
         sb_printf(b, ",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish_reason(plan));
         if (plan->usage) {
             sb_adds(b, ",\"usage\":");
-            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+            append_chat_usage(b, plan);
         }
         sb_adds(b, ",\"system_fingerprint\":null}");
         break;
@@ -964,12 +1374,35 @@ static void build_plain_answer(struct sbuf *b, const struct mock_server *srv, co
         sb_printf(b, ",\"index\":0,\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish_reason(plan));
         if (plan->usage) {
             sb_adds(b, ",\"usage\":");
-            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+            append_chat_usage(b, plan);
         }
         sb_adds(b, "}");
         break;
     case API_RESPONSES:
         append_response_object(b, srv, plan, 1);
+        break;
+    case API_ANTHROPIC:
+        sb_printf(b, "{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", plan->id);
+        sb_json_str(b, plan->model, strlen(plan->model));
+        sb_adds(b, ",\"content\":");
+        append_anthropic_content(b, srv, plan);
+        sb_printf(b, ",\"stop_reason\":\"%s\",\"stop_sequence\":null", anthropic_stop_reason(plan));
+        if (plan->usage) {
+            sb_adds(b, ",\"usage\":");
+            append_anthropic_usage(b, plan, plan->chunks + plan->thoughts);
+        }
+        sb_adds(b, "}");
+        break;
+    case API_GEMINI:
+        append_gemini_chunk_begin(b);
+        if (plan->tool[0]) {
+            sb_printf(b, "{\"functionCall\":{\"name\":\"%s\",\"args\":%s}}", plan->tool, MOCK_TOOL_ARGS);
+        } else {
+            sb_adds(b, "{\"text\":");
+            append_full_text(b, srv, plan->chunks);
+            sb_adds(b, "}");
+        }
+        append_gemini_chunk_end(b, plan, 1, plan->chunks);
         break;
     case API_EMBEDDINGS: {
         yajl_val input = obj_get(root, "input");
@@ -1001,9 +1434,44 @@ static void build_plain_answer(struct sbuf *b, const struct mock_server *srv, co
 
 static unsigned stream_token_limit(const struct mock_stream *s)
 {
-    if (s->plan.cut_after >= 0 && (unsigned long)s->plan.cut_after < s->plan.chunks)
+    if (s->plan.cut_after >= 0 && (unsigned long)s->plan.cut_after < s->plan.units)
         return (unsigned)s->plan.cut_after;
-    return s->plan.chunks;
+    return s->plan.units;
+}
+
+/* Output tokens a stream unit counts: one, except a Gemini tool call sent whole (all of C). */
+static unsigned stream_unit_tokens(const struct mock_stream *s)
+{
+    return s->plan.units == s->plan.chunks ? 1 : s->plan.chunks;
+}
+
+static void anthropic_event_begin(struct mock_stream *s, const char *type)
+{
+    sb_printf(&s->out, "event: %s\ndata: {\"type\":\"%s\"", type, type);
+}
+
+/* A Gemini stream element: "data: " for SSE, or "[" / "\n," between the elements of a JSON array. */
+static void gemini_element_begin(struct mock_stream *s)
+{
+    if (s->plan.gemini_sse)
+        sb_adds(&s->out, "data: ");
+    else
+        sb_adds(&s->out, s->seq == 0 ? "[" : "\n,");
+    s->seq++;
+}
+
+static void gemini_element_end(struct mock_stream *s)
+{
+    if (s->plan.gemini_sse)
+        sb_adds(&s->out, "\r\n\r\n");
+}
+
+/* Tool-call argument piece i (0-based) of MOCK_TOOL_PIECE bytes. */
+static void append_tool_piece(struct sbuf *b, unsigned i)
+{
+    size_t len = strlen(MOCK_TOOL_ARGS), off = (size_t)i * MOCK_TOOL_PIECE;
+    size_t n = off >= len ? 0 : len - off < MOCK_TOOL_PIECE ? len - off : MOCK_TOOL_PIECE;
+    sb_json_str(b, MOCK_TOOL_ARGS + (off < len ? off : len), n);
 }
 
 static void stream_usage_null(struct mock_stream *s)
@@ -1029,9 +1497,32 @@ static void stream_append_head(struct mock_stream *s)
     case API_CHAT:
         sb_adds(b, "data: ");
         sb_add(b, s->head.data, s->head.len);
-        sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},"
-                   "\"logprobs\":null,\"finish_reason\":null}]");
+        sb_printf(b,
+                  "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":%s,\"refusal\":null},"
+                  "\"logprobs\":null,\"finish_reason\":null}]",
+                  s->plan.tool[0] ? "null" : "\"\"");
         stream_usage_null(s);
+        sb_adds(b, "}\n\n");
+        break;
+    case API_ANTHROPIC:
+        anthropic_event_begin(s, "message_start");
+        sb_printf(b, ",\"message\":{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", s->plan.id);
+        sb_json_str(b, s->plan.model, strlen(s->plan.model));
+        sb_adds(b, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null");
+        if (s->plan.usage) {
+            sb_adds(b, ",\"usage\":");
+            append_anthropic_usage(b, &s->plan, s->plan.chunks + s->plan.thoughts > 0 ? 1 : 0);
+        }
+        sb_adds(b, "}}\n\n");
+        anthropic_event_begin(s, "content_block_start");
+        if (s->plan.tool[0])
+            sb_printf(b,
+                      ",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"%s\",\"name\":\"%s\","
+                      "\"input\":{}}}\n\n",
+                      s->plan.call_id, s->plan.tool);
+        else
+            sb_adds(b, ",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        anthropic_event_begin(s, "ping");
         sb_adds(b, "}\n\n");
         break;
     case API_RESPONSES:
@@ -1063,11 +1554,53 @@ static void stream_append_token(struct mock_stream *s, unsigned i)
     case API_CHAT:
         sb_adds(b, "data: ");
         sb_add(b, s->head.data, s->head.len);
-        sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
-        append_token_escaped(b, s->srv, i);
-        sb_adds(b, "\"},\"logprobs\":null,\"finish_reason\":null}]");
+        if (s->plan.tool[0] && i == 1) {
+            sb_printf(b,
+                      "\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"%s\",\"type\":"
+                      "\"function\",\"function\":{\"name\":\"%s\",\"arguments\":\"\"}}]}",
+                      s->plan.call_id, s->plan.tool);
+        } else if (s->plan.tool[0]) {
+            sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+                       "{\"arguments\":");
+            append_tool_piece(b, i - 2);
+            sb_adds(b, "}}]}");
+        } else {
+            sb_adds(b, "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
+            append_token_escaped(b, s->srv, i);
+            sb_adds(b, "\"}");
+        }
+        sb_adds(b, ",\"logprobs\":null,\"finish_reason\":null}]");
         stream_usage_null(s);
         sb_adds(b, "}\n\n");
+        break;
+    case API_ANTHROPIC:
+        anthropic_event_begin(s, "content_block_delta");
+        if (s->plan.tool[0]) {
+            sb_adds(b, ",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":");
+            if (i == 1)
+                sb_adds(b, "\"\"");
+            else
+                append_tool_piece(b, i - 2);
+            sb_adds(b, "}}\n\n");
+        } else {
+            sb_adds(b, ",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+            append_token_escaped(b, s->srv, i);
+            sb_adds(b, "\"}}\n\n");
+        }
+        break;
+    case API_GEMINI:
+        gemini_element_begin(s);
+        append_gemini_chunk_begin(b);
+        if (s->plan.tool[0]) {
+            sb_printf(b, "{\"functionCall\":{\"name\":\"%s\",\"args\":%s}}", s->plan.tool, MOCK_TOOL_ARGS);
+            append_gemini_chunk_end(b, &s->plan, 0, s->plan.chunks);
+        } else {
+            sb_adds(b, "{\"text\":\"");
+            append_token_escaped(b, s->srv, i);
+            sb_adds(b, "\"}");
+            append_gemini_chunk_end(b, &s->plan, 0, i);
+        }
+        gemini_element_end(s);
         break;
     case API_COMPLETIONS:
         sb_adds(b, "data: ");
@@ -1111,10 +1644,30 @@ static void stream_append_tail(struct mock_stream *s)
             sb_adds(b, "data: ");
             sb_add(b, s->head.data, s->head.len);
             sb_adds(b, "\"choices\":[],\"usage\":");
-            append_chat_usage(b, plan->prompt_tokens, plan->chunks);
+            append_chat_usage(b, plan);
             sb_adds(b, "}\n\n");
         }
         sb_adds(b, "data: [DONE]\n\n");
+        break;
+    case API_ANTHROPIC:
+        anthropic_event_begin(s, "content_block_stop");
+        sb_adds(b, ",\"index\":0}\n\n");
+        anthropic_event_begin(s, "message_delta");
+        sb_printf(b, ",\"delta\":{\"stop_reason\":\"%s\",\"stop_sequence\":null}", anthropic_stop_reason(plan));
+        if (plan->usage) /* cumulative, as the real API */
+            sb_printf(b, ",\"usage\":{\"output_tokens\":%" PRIu64 "}", plan->chunks + plan->thoughts);
+        sb_adds(b, "}\n\n");
+        anthropic_event_begin(s, "message_stop");
+        sb_adds(b, "}\n\n");
+        break;
+    case API_GEMINI:
+        gemini_element_begin(s);
+        append_gemini_chunk_begin(b);
+        sb_adds(b, "{\"text\":\"\"}");
+        append_gemini_chunk_end(b, plan, 1, plan->chunks); /* the authoritative usageMetadata */
+        gemini_element_end(s);
+        if (!plan->gemini_sse)
+            sb_adds(b, "\n]");
         break;
     case API_RESPONSES: {
         const char *item_status = plan->truncated ? "incomplete" : "completed";
@@ -1157,11 +1710,11 @@ static void stream_step(struct mock_stream *s)
     }
     while (s->phase == PH_TOKENS) {
         if (s->next_token > limit) {
-            s->phase = limit < s->plan.chunks ? PH_CUT : PH_TAIL;
+            s->phase = limit < s->plan.units ? PH_CUT : PH_TAIL;
             break;
         }
         stream_append_token(s, s->next_token++);
-        stats_add(s->srv, s->plan.key_index, s->generation, 0, 1, 0);
+        stats_add(s->srv, s->plan.key_index, s->generation, 0, stream_unit_tokens(s), 0);
         if (s->plan.delay_ms > 0 || s->out.len >= MOCK_BATCH_BYTES)
             goto send;
     }
@@ -1218,7 +1771,7 @@ static void stream_start(struct mock_stream *s)
         if (plan->status)
             stats_add(s->srv, plan->key_index, s->generation, 0, 0, 1);
         else
-            stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, plan->chunks, 0);
+            stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, plan->chunks + plan->thoughts, 0);
         s->phase = PH_DONE;
         h2o_start_response(req, &s->generator);
         h2o_iovec_t buf = h2o_iovec_init(s->out.data, s->out.len);
@@ -1227,9 +1780,13 @@ static void stream_start(struct mock_stream *s)
     }
     req->res.status = 200;
     req->res.reason = "OK";
-    add_header(req, H2O_TOKEN_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    if (plan->api == API_GEMINI && !plan->gemini_sse)
+        add_header(req, H2O_TOKEN_CONTENT_TYPE, "application/json; charset=UTF-8");
+    else
+        add_header(req, H2O_TOKEN_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     add_header(req, H2O_TOKEN_CACHE_CONTROL, "no-cache");
-    stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, 0, 0);
+    /* the prompt and the thoughts (which precede any answer) count when the headers go out */
+    stats_add(s->srv, plan->key_index, s->generation, plan->prompt_tokens, plan->thoughts, 0);
     h2o_start_response(req, &s->generator);
     s->phase = PH_HEAD;
     stream_step(s);
@@ -1307,10 +1864,271 @@ static void new_ids(struct mock_server *srv, struct mock_plan *plan)
 {
     uint64_t n = ++srv->id_counter;
     uint64_t mix = srv->id_base ^ (n * 0x9e3779b97f4a7c15ull);
-    const char *prefix = plan->api == API_CHAT ? "chatcmpl-" : plan->api == API_COMPLETIONS ? "cmpl-" : "resp_";
+    const char *prefix = plan->api == API_CHAT          ? "chatcmpl-"
+                         : plan->api == API_COMPLETIONS ? "cmpl-"
+                         : plan->api == API_ANTHROPIC   ? "msg_"
+                         : plan->api == API_GEMINI      ? "gem"
+                                                        : "resp_";
     snprintf(plan->id, sizeof(plan->id), "%smock%016" PRIx64 "%08" PRIx64, prefix, mix, n & 0xffffffffu);
     snprintf(plan->item_id, sizeof(plan->item_id), "msg_mock%016" PRIx64 "%08" PRIx64, mix, n & 0xffffffffu);
+    snprintf(plan->call_id, sizeof(plan->call_id), "%smock%016" PRIx64 "%08" PRIx64,
+             plan->api == API_ANTHROPIC ? "toolu_" : "call_", mix, n & 0xffffffffu);
     plan->created = (long long)time(NULL);
+}
+
+/* ---------- per-key fault scripts ---------- */
+
+static struct key_script *script_find(struct mock_server *srv, const char *key, size_t len, int create)
+{
+    struct key_script *free_slot = NULL;
+    for (size_t i = 0; i < MOCK_MAX_SCRIPTS; i++) {
+        struct key_script *ks = &srv->scripts[i];
+        if (!ks->used) {
+            if (free_slot == NULL)
+                free_slot = ks;
+        } else if (ks->key_len == len && memcmp(ks->key, key, len) == 0) {
+            return ks;
+        }
+    }
+    if (!create || free_slot == NULL || len > MOCK_MAX_KEY_LEN)
+        return NULL;
+    memset(free_slot, 0, sizeof(*free_slot));
+    free_slot->used = 1;
+    free_slot->key_len = len;
+    memcpy(free_slot->key, key, len);
+    return free_slot;
+}
+
+/* The outcome the key's next request gets from its script; 0 when the key has none. */
+static int script_next(struct mock_server *srv, const char *key, size_t len, struct mock_overrides *out)
+{
+    struct key_script *ks = script_find(srv, key, len, 0);
+    if (ks == NULL)
+        return 0;
+    ks->consumed++;
+    if (ks->next < ks->count) {
+        *out = ks->steps[ks->next++];
+        if (ks->loop && ks->next == ks->count)
+            ks->next = 0;
+    } else {
+        *out = ks->then;
+    }
+    return 1;
+}
+
+/* One outcome text ("status=500", "refuse", "ok", "status=429,quota=1", ...); 0 or -EINVAL. */
+static int script_step_parse(struct mock_overrides *o, yajl_val v)
+{
+    memset(o, 0, sizeof(*o));
+    if (!YAJL_IS_STRING(v))
+        return -EINVAL;
+    const char *text = YAJL_GET_STRING(v);
+    parse_directive(o, text, strlen(text));
+    return 0;
+}
+
+/* POST /mock/script {"key": K, "script": ["status=500", "refuse", "ok"], "then": "ok" | "loop": true} */
+static int parse_script(struct mock_server *srv, h2o_req_t *req)
+{
+    char errbuf[128];
+    char *text = malloc(req->entity.len + 1);
+    if (text == NULL)
+        return -ENOMEM;
+    if (req->entity.len)
+        memcpy(text, req->entity.base, req->entity.len);
+    text[req->entity.len] = '\0';
+    yajl_val root = yajl_tree_parse(text, errbuf, sizeof(errbuf));
+    free(text);
+    int r = -EINVAL;
+    yajl_val key = obj_get(root, "key"), script = obj_get(root, "script");
+    if (!YAJL_IS_STRING(key) || !YAJL_IS_ARRAY(script) || script->u.array.len > MOCK_MAX_STEPS)
+        goto out;
+    const char *k = YAJL_GET_STRING(key);
+    struct key_script *ks = script_find(srv, k, strlen(k), 1);
+    if (ks == NULL)
+        goto out;
+    struct key_script parsed;
+    memset(&parsed, 0, sizeof(parsed));
+    for (size_t i = 0; i < script->u.array.len; i++)
+        if (script_step_parse(&parsed.steps[i], script->u.array.values[i]) != 0)
+            goto out;
+    parsed.count = script->u.array.len;
+    parsed.loop = get_bool(root, "loop") == 1 && parsed.count > 0;
+    yajl_val then = obj_get(root, "then");
+    if (then != NULL && script_step_parse(&parsed.then, then) != 0)
+        goto out;
+    parsed.used = 1;
+    parsed.key_len = ks->key_len;
+    memcpy(parsed.key, ks->key, sizeof(parsed.key));
+    *ks = parsed;
+    if (ks->count == 0 && then == NULL)
+        ks->used = 0; /* an empty script removes the key's script */
+    r = 0;
+out:
+    yajl_tree_free(root);
+    return r;
+}
+
+static void append_scripts(struct mock_server *srv, struct sbuf *b)
+{
+    int first = 1;
+    sb_add(b, "{", 1);
+    for (size_t i = 0; i < MOCK_MAX_SCRIPTS; i++) {
+        struct key_script *ks = &srv->scripts[i];
+        if (!ks->used)
+            continue;
+        if (!first)
+            sb_add(b, ",", 1);
+        first = 0;
+        sb_json_str(b, ks->key, ks->key_len);
+        sb_printf(b, ":{\"length\":%zu,\"next\":%zu,\"loop\":%s,\"consumed\":%" PRIu64 "}", ks->count, ks->next,
+                  ks->loop ? "true" : "false", ks->consumed);
+    }
+    sb_add(b, "}", 1);
+}
+
+/* Close the request's connection without an answer: the client sees a connect-level failure.
+ * shutdown() leaves the descriptor to h2o, which then fails its writes, reads EOF and closes. */
+static void refuse_connection(struct mock_server *srv, h2o_req_t *req)
+{
+    if (req->conn->callbacks->get_socket == NULL)
+        return;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL)
+        return;
+    for (struct conn_record *rec = srv->conn_buckets[conn_bucket(sock)]; rec != NULL; rec = rec->next) {
+        if (rec->sock == sock) {
+            uv_os_fd_t fd;
+            if (uv_fileno((uv_handle_t *)&rec->tcp, &fd) == 0)
+                shutdown(fd, SHUT_RDWR);
+            return;
+        }
+    }
+}
+
+/* ---------- request shapes for /mock/requests (names and types, never text) ---------- */
+
+static void desc_add(char *buf, size_t *len, size_t cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > cap)
+        return; /* bounded: later items are dropped */
+    memcpy(buf + *len, s, n);
+    buf[*len + n] = '\0';
+    *len += n + 1;
+}
+
+static void item_add(char *item, size_t *n, size_t cap, const char *s)
+{
+    size_t k = strlen(s);
+    if (*n + k + 1 >= cap)
+        return;
+    memcpy(item + *n, s, k);
+    *n += k;
+    item[*n] = '\0';
+}
+
+/* The type of one content part: an OpenAI/Anthropic "type", or a Gemini part's key. */
+static const char *part_type(yajl_val part, int gemini)
+{
+    if (YAJL_IS_STRING(part))
+        return "text";
+    if (!YAJL_IS_OBJECT(part))
+        return "?";
+    if (gemini) {
+        for (size_t i = 0; i < part->u.object.len; i++)
+        {
+            const char *k = part->u.object.keys[i];
+            if (strcmp(k, "thought") != 0 && strcmp(k, "thoughtSignature") != 0)
+                return k;
+        }
+        return "?";
+    }
+    yajl_val type = obj_get(part, "type");
+    return YAJL_IS_STRING(type) ? YAJL_GET_STRING(type) : "?";
+}
+
+/* "role:type,type" for one message / content / input item. */
+static void describe_message(struct request_record *r, const char *role, yajl_val msg, yajl_val content, int gemini)
+{
+    char item[160];
+    size_t n = 0;
+    item[0] = '\0';
+    item_add(item, &n, sizeof(item), role);
+    item_add(item, &n, sizeof(item), ":");
+    int count = 0;
+    if (YAJL_IS_STRING(content)) {
+        item_add(item, &n, sizeof(item), "text");
+        count++;
+    } else if (YAJL_IS_ARRAY(content)) {
+        for (size_t i = 0; i < content->u.array.len; i++) {
+            if (count++)
+                item_add(item, &n, sizeof(item), ",");
+            item_add(item, &n, sizeof(item), part_type(content->u.array.values[i], gemini));
+        }
+    }
+    if (!gemini && YAJL_IS_ARRAY(obj_get(msg, "tool_calls"))) {
+        if (count++)
+            item_add(item, &n, sizeof(item), ",");
+        item_add(item, &n, sizeof(item), "tool_calls");
+    }
+    desc_add(r->parts, &r->parts_len, sizeof(r->parts), item, n);
+}
+
+static void describe_tool_names(struct request_record *r, yajl_val tools, int gemini)
+{
+    if (!YAJL_IS_ARRAY(tools))
+        return;
+    for (size_t i = 0; i < tools->u.array.len; i++) {
+        yajl_val t = tools->u.array.values[i];
+        yajl_val decls = gemini ? obj_get(t, "functionDeclarations") : NULL;
+        size_t count = YAJL_IS_ARRAY(decls) ? decls->u.array.len : 1;
+        for (size_t j = 0; j < count; j++) {
+            yajl_val d = YAJL_IS_ARRAY(decls) ? decls->u.array.values[j] : t;
+            yajl_val name = obj_get(d, "name");
+            if (!YAJL_IS_STRING(name))
+                name = obj_get(obj_get(d, "function"), "name"); /* OpenAI chat */
+            const char *text = YAJL_IS_STRING(name) ? YAJL_GET_STRING(name) : NULL;
+            if (text != NULL)
+                desc_add(r->tools, &r->tools_len, sizeof(r->tools), text, strlen(text));
+        }
+    }
+}
+
+static void describe_request(struct request_record *r, enum mock_api api, yajl_val root)
+{
+    for (size_t i = 0; YAJL_IS_OBJECT(root) && i < root->u.object.len; i++)
+        desc_add(r->fields, &r->fields_len, sizeof(r->fields), root->u.object.keys[i],
+                 strlen(root->u.object.keys[i]));
+    int gemini = api == API_GEMINI;
+    yajl_val config = gemini ? obj_get(root, "generationConfig") : root;
+    r->temperature = get_double(config, "temperature");
+    r->top_p = get_double(config, gemini ? "topP" : "top_p");
+    describe_tool_names(r, obj_get(root, "tools"), gemini);
+    if (gemini) {
+        yajl_val sys = obj_get(root, "systemInstruction");
+        if (sys != NULL)
+            describe_message(r, "system", sys, obj_get(sys, "parts"), 1);
+        yajl_val contents = obj_get(root, "contents");
+        for (size_t i = 0; YAJL_IS_ARRAY(contents) && i < contents->u.array.len; i++) {
+            yajl_val c = contents->u.array.values[i];
+            yajl_val role = obj_get(c, "role");
+            describe_message(r, YAJL_IS_STRING(role) ? YAJL_GET_STRING(role) : "", c, obj_get(c, "parts"), 1);
+        }
+        return;
+    }
+    yajl_val sys = obj_get(root, "system");
+    if (api == API_ANTHROPIC && sys != NULL)
+        describe_message(r, "system", NULL, sys, 0);
+    yajl_val list = obj_get(root, api == API_RESPONSES ? "input" : "messages");
+    if (api == API_RESPONSES && YAJL_IS_STRING(list))
+        describe_message(r, "user", NULL, list, 0);
+    for (size_t i = 0; YAJL_IS_ARRAY(list) && i < list->u.array.len; i++) {
+        yajl_val m = list->u.array.values[i];
+        yajl_val role = obj_get(m, "role");
+        if (!YAJL_IS_STRING(role))
+            role = obj_get(m, "type");
+        describe_message(r, YAJL_IS_STRING(role) ? YAJL_GET_STRING(role) : "", m, obj_get(m, "content"), 0);
+    }
 }
 
 static int handle_models(struct mock_server *srv, h2o_req_t *req)
@@ -1339,22 +2157,84 @@ static int key_accepted(const struct mock_server *srv, const char *key, size_t l
     return 0;
 }
 
-static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api)
+/* The value of query parameter `name` (raw, not percent-decoded); 0 when absent. */
+static int query_param(h2o_req_t *req, const char *name, h2o_iovec_t *out)
 {
-    const char *key = "";
-    size_t key_len = 0;
+    if (req->query_at == SIZE_MAX || req->query_at >= req->path.len)
+        return 0;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nl = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        if (amp == NULL)
+            amp = end;
+        size_t len = (size_t)(amp - p);
+        if (len >= nl && memcmp(p, name, nl) == 0 && (len == nl || p[nl] == '=')) {
+            *out = len == nl ? h2o_iovec_init(amp, 0) : h2o_iovec_init(p + nl + 1, len - nl - 1);
+            return 1;
+        }
+        p = amp + 1;
+    }
+    return 0;
+}
+
+/* The upstream key as each format sends it; returns how it came (a static string). */
+static const char *extract_key(h2o_req_t *req, enum mock_format fmt, const char **key, size_t *key_len)
+{
+    *key = "";
+    *key_len = 0;
+    if (fmt == FMT_ANTHROPIC || fmt == FMT_GEMINI) {
+        const char *name = fmt == FMT_ANTHROPIC ? "x-api-key" : "x-goog-api-key";
+        ssize_t hi = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
+        if (hi >= 0) {
+            *key = req->headers.entries[hi].value.base;
+            *key_len = req->headers.entries[hi].value.len;
+            return name;
+        }
+        h2o_iovec_t v;
+        if (fmt == FMT_GEMINI && query_param(req, "key", &v)) {
+            *key = v.base;
+            *key_len = v.len;
+            return "query";
+        }
+        return "none";
+    }
     ssize_t hi = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
     if (hi >= 0) {
         h2o_iovec_t v = req->headers.entries[hi].value;
         if (v.len >= 7 && strncasecmp(v.base, "Bearer ", 7) == 0) {
-            key = v.base + 7;
-            key_len = v.len - 7;
-            while (key_len > 0 && *key == ' ') {
-                key++;
-                key_len--;
+            *key = v.base + 7;
+            *key_len = v.len - 7;
+            while (*key_len > 0 && **key == ' ') {
+                (*key)++;
+                (*key_len)--;
             }
+            return "bearer";
         }
     }
+    return "none";
+}
+
+static void record_auth(struct request_record *r, h2o_req_t *req, const char *auth)
+{
+    r->auth = auth;
+    ssize_t hi = h2o_find_header_by_str(&req->headers, "anthropic-version", strlen("anthropic-version"), -1);
+    if (hi >= 0) {
+        h2o_iovec_t v = req->headers.entries[hi].value;
+        size_t n = v.len < sizeof(r->anthropic_version) - 1 ? v.len : sizeof(r->anthropic_version) - 1;
+        memcpy(r->anthropic_version, v.base, n);
+        r->anthropic_version[n] = '\0';
+    }
+}
+
+/* gemini_model: the {model} of a Gemini path; gemini_stream: :streamGenerateContent. */
+static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api, h2o_iovec_t gemini_model,
+                     int gemini_stream)
+{
+    enum mock_format fmt = api == API_ANTHROPIC ? FMT_ANTHROPIC : api == API_GEMINI ? FMT_GEMINI : FMT_OPENAI;
+    const char *key;
+    size_t key_len;
+    const char *auth = extract_key(req, fmt, &key, &key_len);
     size_t ki = key_index_get(srv, key, key_len);
     attribute_connection(srv, req, ki);
     int billed = api != API_MODELS;
@@ -1362,27 +2242,40 @@ static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api)
         srv->key_slots[ki].requests++;
     int want_post = api != API_MODELS;
     if (!(want_post ? iov_is(req->method, "POST") : iov_is(req->method, "GET"))) {
-        record_request(srv, req, NULL, key, key_len, 405);
+        record_auth(record_request(srv, req, NULL, key, key_len, ki, 405), req, auth);
         if (billed)
             srv->key_slots[ki].errors++;
-        return send_error(srv, req, 405, "Method not allowed");
+        return send_error_fmt(srv, req, fmt, 405, "Method not allowed");
     }
     if (!key_accepted(srv, key, key_len)) {
-        record_request(srv, req, NULL, key, key_len, 401);
+        record_auth(record_request(srv, req, NULL, key, key_len, ki, 401), req, auth);
         if (billed)
             srv->key_slots[ki].errors++;
-        return send_error(srv, req, 401, NULL);
+        const char *message = NULL;
+        if (key_len == 0 && fmt == FMT_ANTHROPIC)
+            message = "x-api-key header is required";
+        return send_error_fmt(srv, req, fmt, 401, message);
     }
     if (api == API_MODELS) {
-        record_request(srv, req, NULL, key, key_len, 200);
+        record_auth(record_request(srv, req, NULL, key, key_len, ki, 200), req, auth);
         return handle_models(srv, req);
+    }
+
+    /* the key's fault script: one outcome per request that passed auth */
+    struct mock_overrides step;
+    int has_step = script_next(srv, key, key_len, &step);
+    if (has_step && step.has_refuse && step.refuse) {
+        record_auth(record_request(srv, req, NULL, key, key_len, ki, 0), req, auth);
+        srv->key_slots[ki].errors++;
+        refuse_connection(srv, req);
+        return send_error_fmt(srv, req, fmt, 503, "refused"); /* never delivered: the socket is shut */
     }
 
     /* yajl_tree needs a NUL-terminated copy of the body */
     char errbuf[128];
     char *text = malloc(req->entity.len + 1);
     if (text == NULL)
-        return send_error(srv, req, 500, "mock out of memory");
+        return send_error_fmt(srv, req, fmt, 500, "mock out of memory");
     if (req->entity.len)
         memcpy(text, req->entity.base, req->entity.len);
     text[req->entity.len] = '\0';
@@ -1392,29 +2285,51 @@ static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api)
     if (root == NULL || !YAJL_IS_OBJECT(root)) {
         if (root != NULL)
             yajl_tree_free(root);
-        record_request(srv, req, NULL, key, key_len, 400);
+        record_auth(record_request(srv, req, NULL, key, key_len, ki, 400), req, auth);
         srv->key_slots[ki].errors++;
-        return send_error(srv, req, 400, "We could not parse the JSON body of your request.");
+        return send_error_fmt(srv, req, fmt, 400, "We could not parse the JSON body of your request.");
     }
 
     struct mock_plan plan;
     memset(&plan, 0, sizeof(plan));
     plan.api = api;
+    plan.format = fmt;
     plan.key_index = ki;
+    if (api == API_GEMINI) {
+        size_t n = gemini_model.len < sizeof(plan.model) - 1 ? gemini_model.len : sizeof(plan.model) - 1;
+        memcpy(plan.model, gemini_model.base, n);
+        plan.model[n] = '\0';
+        plan.stream = gemini_stream;
+        h2o_iovec_t alt;
+        plan.gemini_sse = query_param(req, "alt", &alt) && alt.len == 3 && memcmp(alt.base, "sse", 3) == 0;
+    }
     const char *message = NULL;
-    if (plan_build(srv, &plan, root, &message) != 0) {
+    if (plan_build(srv, &plan, root, has_step ? &step : NULL, &message) != 0) {
+        struct request_record *r = record_request(srv, req, &plan, key, key_len, ki, 400);
+        record_auth(r, req, auth);
+        describe_request(r, api, root);
         yajl_tree_free(root);
-        record_request(srv, req, &plan, key, key_len, 400);
         srv->key_slots[ki].errors++;
-        return send_error(srv, req, 400, message);
+        return send_error_fmt(srv, req, fmt, 400, message);
     }
     new_ids(srv, &plan);
-    record_request(srv, req, &plan, key, key_len, plan.status ? plan.status : 200);
+    struct request_record *r =
+        record_request(srv, req, &plan, key, key_len, ki, plan.refuse ? 0 : plan.status ? plan.status : 200);
+    record_auth(r, req, auth);
+    describe_request(r, api, root);
+    if (plan.refuse) {
+        yajl_tree_free(root);
+        srv->key_slots[ki].errors++;
+        refuse_connection(srv, req);
+        return send_error_fmt(srv, req, fmt, 503, "refused");
+    }
 
     struct sbuf *b = &srv->scratch;
     b->len = 0;
-    if (plan.status != 0)
-        build_error(b, plan.status, NULL);
+    if (plan.status != 0 && plan.quota)
+        plan.status = build_quota_error(b, fmt);
+    else if (plan.status != 0)
+        build_error_fmt(b, fmt, plan.status, NULL);
     else if (!plan.stream)
         build_plain_answer(b, srv, &plan, root);
     yajl_tree_free(root);
@@ -1426,7 +2341,7 @@ static int handle_v1(struct mock_server *srv, h2o_req_t *req, enum mock_api api)
         return send_json(req, plan.status, b->data, b->len);
     }
     srv->key_slots[ki].input_tokens += plan.prompt_tokens;
-    srv->key_slots[ki].output_tokens += plan.chunks;
+    srv->key_slots[ki].output_tokens += plan.chunks + plan.thoughts;
     return send_json(req, 200, b->data, b->len);
 }
 
@@ -1465,13 +2380,51 @@ static void append_tristate(struct sbuf *b, int v)
     sb_adds(b, v < 0 ? "null" : v ? "true" : "false");
 }
 
-static void append_requests(struct mock_server *srv, struct sbuf *b)
+static void append_desc_list(struct sbuf *b, const char *name, const char *buf, size_t len)
 {
+    sb_printf(b, ",\"%s\":[", name);
+    for (size_t off = 0; off < len;) {
+        size_t n = strlen(buf + off);
+        if (off)
+            sb_add(b, ",", 1);
+        sb_json_str(b, buf + off, n);
+        off += n + 1;
+    }
+    sb_add(b, "]", 1);
+}
+
+static void append_double_or_null(struct sbuf *b, const char *name, double v)
+{
+    if (isnan(v))
+        sb_printf(b, ",\"%s\":null", name);
+    else
+        sb_printf(b, ",\"%s\":%.17g", name, v);
+}
+
+/* GET /mock/requests[?key=K]: the last MOCK_RING requests, oldest first (only key K's). */
+static void append_requests(struct mock_server *srv, h2o_req_t *req, struct sbuf *b)
+{
+    size_t want = SIZE_MAX;
+    h2o_iovec_t kv;
+    int filtered = query_param(req, "key", &kv);
+    if (filtered) { /* look the key up without creating a stats entry */
+        for (size_t i = 0; i <= MOCK_KEY_SLOTS && want == SIZE_MAX; i++) {
+            const struct key_stats *ks = &srv->key_slots[i];
+            if (ks->used && ks->key_len == kv.len && memcmp(ks->key, kv.base, kv.len) == 0)
+                want = i;
+        }
+        if (want == SIZE_MAX)
+            want = SIZE_MAX - 1; /* matches no record */
+    }
     sb_add(b, "[", 1);
     size_t start = (srv->ring_next + MOCK_RING - srv->ring_count) % MOCK_RING;
+    int first = 1;
     for (size_t k = 0; k < srv->ring_count; k++) {
         const struct request_record *r = &srv->ring[(start + k) % MOCK_RING];
-        sb_adds(b, k ? ",{\"path\":" : "{\"path\":");
+        if (filtered && r->key_index != want)
+            continue;
+        sb_adds(b, first ? "{\"path\":" : ",{\"path\":");
+        first = 0;
         sb_json_str(b, r->path, strlen(r->path));
         sb_adds(b, ",\"model\":");
         if (r->model[0])
@@ -1488,7 +2441,20 @@ static void append_requests(struct mock_server *srv, struct sbuf *b)
             sb_adds(b, ",\"max_tokens\":null");
         sb_adds(b, ",\"key_suffix\":");
         sb_json_str(b, r->key_suffix, strlen(r->key_suffix));
-        sb_printf(b, ",\"status\":%d}", r->status);
+        sb_printf(b, ",\"status\":%d,\"method\":", r->status);
+        sb_json_str(b, r->method, strlen(r->method));
+        sb_printf(b, ",\"auth\":\"%s\",\"anthropic_version\":", r->auth ? r->auth : "none");
+        if (r->anthropic_version[0])
+            sb_json_str(b, r->anthropic_version, strlen(r->anthropic_version));
+        else
+            sb_adds(b, "null");
+        sb_printf(b, ",\"prompt_bytes\":%" PRIu64, r->prompt_bytes);
+        append_double_or_null(b, "temperature", r->temperature);
+        append_double_or_null(b, "top_p", r->top_p);
+        append_desc_list(b, "fields", r->fields, r->fields_len);
+        append_desc_list(b, "parts", r->parts, r->parts_len);
+        append_desc_list(b, "tools", r->tools, r->tools_len);
+        sb_add(b, "}", 1);
     }
     sb_add(b, "]", 1);
 }
@@ -1542,10 +2508,16 @@ static int handle_mock(struct mock_server *srv, h2o_req_t *req)
     if (iov_is(path, "/mock/stats") && is_get) {
         append_stats(srv, b);
     } else if (iov_is(path, "/mock/requests") && is_get) {
-        append_requests(srv, b);
+        append_requests(srv, req, b);
     } else if (iov_is(path, "/mock/reset") && is_post) {
         stats_reset(srv);
         sb_adds(b, "{\"ok\":true}");
+    } else if (iov_is(path, "/mock/script") && is_post) {
+        if (parse_script(srv, req) != 0)
+            return send_error(srv, req, 400, "expected {\"key\": K, \"script\": [outcome, ...], \"then\"|\"loop\"}");
+        sb_adds(b, "{\"ok\":true}");
+    } else if (iov_is(path, "/mock/scripts") && is_get) {
+        append_scripts(srv, b);
     } else if (iov_is(path, "/mock/config") && is_post) {
         if (parse_config(srv, req) != 0)
             return send_error(srv, req, 400, "We could not parse the JSON body of your request.");
@@ -1563,7 +2535,24 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (path.len >= 6 && memcmp(path.base, "/mock/", 6) == 0)
         return handle_mock(srv, req);
     enum mock_api api = API_NONE;
-    if (iov_is(path, "/v1/chat/completions"))
+    static const char gemini_prefix[] = "/v1beta/models/";
+    size_t gp = sizeof(gemini_prefix) - 1;
+    if (path.len > gp && memcmp(path.base, gemini_prefix, gp) == 0) {
+        const char *colon = memchr(path.base + gp, ':', path.len - gp);
+        if (colon != NULL && colon > path.base + gp) {
+            h2o_iovec_t model = h2o_iovec_init(path.base + gp, (size_t)(colon - path.base - gp));
+            h2o_iovec_t verb = h2o_iovec_init(colon + 1, path.len - (size_t)(colon + 1 - path.base));
+            if (iov_is(verb, "generateContent"))
+                return handle_v1(srv, req, API_GEMINI, model, 0);
+            if (iov_is(verb, "streamGenerateContent"))
+                return handle_v1(srv, req, API_GEMINI, model, 1);
+        }
+        record_request(srv, req, NULL, "", 0, SIZE_MAX, 404);
+        return send_error_fmt(srv, req, FMT_GEMINI, 404, "Method not found. (mock)");
+    }
+    if (iov_is(path, "/v1/messages"))
+        api = API_ANTHROPIC;
+    else if (iov_is(path, "/v1/chat/completions"))
         api = API_CHAT;
     else if (iov_is(path, "/v1/completions"))
         api = API_COMPLETIONS;
@@ -1574,10 +2563,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     else if (iov_is(path, "/v1/models"))
         api = API_MODELS;
     if (api == API_NONE) {
-        record_request(srv, req, NULL, "", 0, 404);
+        record_request(srv, req, NULL, "", 0, SIZE_MAX, 404);
         return send_error(srv, req, 404, "Invalid URL");
     }
-    return handle_v1(srv, req, api);
+    return handle_v1(srv, req, api, h2o_iovec_init(NULL, 0), 0);
 }
 
 /* ---------- startup ---------- */
@@ -1709,7 +2698,8 @@ int main(int argc, char **argv)
     srv->model_count =
         split_list(models_arg ? models_arg : "gpt-4o-mini,gpt-4o,text-embedding-3-small", srv->models, MOCK_MAX_MODELS);
     srv->key_slots = calloc(MOCK_KEY_SLOTS + 1, sizeof(struct key_stats));
-    if (srv->key_slots == NULL)
+    srv->scripts = calloc(MOCK_MAX_SCRIPTS, sizeof(struct key_script));
+    if (srv->key_slots == NULL || srv->scripts == NULL)
         return 1;
     srv->id_base = fnv1a(&(uint64_t){(uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32)}, 8, 14695981039346656037ull);
 
