@@ -590,6 +590,16 @@ void metering_set_snapshot(metering_t *m, snapshot_t *snap)
     }
 }
 
+/* The usage split of `key show` a lessee reported (counted by the key's owner). */
+static void add_split(meter_entry_t *e, int64_t requests, int64_t input, int64_t output, quota_usage_t unreserved)
+{
+    e->total_requests += requests;
+    e->total_input += input;
+    e->total_output += output;
+    e->total_unreserved.tokens += unreserved.tokens;
+    e->total_unreserved.nanousd += unreserved.nanousd;
+}
+
 static meter_entry_t *owner_entry(metering_t *m, const char *key_id, uint64_t now)
 {
     meter_entry_t *e = table_get(&m->table, key_id, true);
@@ -803,8 +813,8 @@ static void pf_add(metering_t *m, const char *key_id, int worker, uint32_t epoch
     m->n_pf++;
 }
 
-/* Removes a pending final; returns its worker, or -1 when it was not pending. */
-static int pf_remove(metering_t *m, uint64_t request_key)
+/* Removes a pending final (a no-op when it is not pending). */
+static void pf_remove(metering_t *m, uint64_t request_key)
 {
     for (pending_final_t **b = &m->pf[request_key % PF_BUCKETS]; *b != NULL; b = &(*b)->bnext) {
         pending_final_t *p = *b;
@@ -819,17 +829,18 @@ static int pf_remove(metering_t *m, uint64_t request_key)
             p->lnext->lprev = p->lprev;
         else
             m->pf_tail = p->lprev;
-        int w = p->worker;
         free(p);
         m->n_pf--;
-        return w;
+        return;
     }
-    return -1;
 }
 
-/* Tells a local worker that these finals are held (its responses may end). */
+/* These finals are held by owner and backup: they stop being retried, and the local worker
+ * is told (its responses may end). */
 static void ack_local(metering_t *m, int worker, const char *key_id, const uint64_t *keys, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        pf_remove(m, keys[i]);
     if (worker < 0 || worker >= m->server->n_workers)
         return;
     for (size_t off = 0; off < n; off += QUOTA_REPORT_MAX) {
@@ -839,10 +850,7 @@ static void ack_local(metering_t *m, int worker, const char *key_id, const uint6
         msg->kind = METER_ACK;
         snprintf(msg->key_id, sizeof(msg->key_id), "%s", key_id);
         size_t k = n - off < QUOTA_REPORT_MAX ? n - off : QUOTA_REPORT_MAX;
-        for (size_t i = 0; i < k; i++) {
-            msg->u.acked.keys[i] = keys[off + i];
-            pf_remove(m, keys[off + i]);
-        }
+        memcpy(msg->u.acked.keys, keys + off, k * sizeof(uint64_t));
         msg->u.acked.n = (uint32_t)k;
         server_send_to_worker(m->server, worker, msg);
     }
@@ -1094,11 +1102,7 @@ static void route_report(metering_t *m, const char *key_id, int worker, const qu
         if (e == NULL)
             return;
         if (split != NULL) {
-            e->total_requests += split->requests;
-            e->total_input += split->input_tokens;
-            e->total_output += split->output_tokens;
-            e->total_unreserved.tokens += split->unreserved.tokens;
-            e->total_unreserved.nanousd += split->unreserved.nanousd;
+            add_split(e, split->requests, split->input_tokens, split->output_tokens, split->unreserved);
             if (split->requests != 0)
                 m->dirty = true;
         }
@@ -1196,6 +1200,36 @@ static void retry_pending(metering_t *m, uint64_t now)
 
 /* ---- replication: owner -> backup ---- */
 
+/* The owner's counters of e as a Replica message (no request keys; committed only when
+ * asked: replicas and hand-offs carry it, checkpoints do not). Points into *pb. */
+typedef struct owner_replica {
+    Llmrelay__Replica rp;
+    Llmrelay__PeerUsage spent, unres, committed;
+} owner_replica_t;
+
+static void owner_replica(const metering_t *m, const meter_entry_t *e, uint64_t version, bool with_committed,
+                          owner_replica_t *pb)
+{
+    quota_owner_stat_t st;
+    quota_owner_stat(e->owner, &st);
+    llmrelay__replica__init(&pb->rp);
+    usage_to_pb(&pb->spent, st.spent);
+    usage_to_pb(&pb->unres, e->total_unreserved);
+    pb->rp.version = version;
+    pb->rp.spent = &pb->spent;
+    pb->rp.spent_requests = st.spent_requests;
+    pb->rp.total_requests = e->total_requests;
+    pb->rp.total_input_tokens = e->total_input;
+    pb->rp.total_output_tokens = e->total_output;
+    pb->rp.unreserved = &pb->unres;
+    pb->rp.owner_boot_id = m->boot;
+    if (with_committed) {
+        usage_to_pb(&pb->committed, (quota_usage_t){st.reserved.tokens + st.held.tokens,
+                                                     st.reserved.nanousd + st.held.nanousd});
+        pb->rp.committed = &pb->committed;
+    }
+}
+
 static void send_replica(metering_t *m, meter_entry_t *e, const char *backup, bool resend_all, uint64_t now)
 {
     uint64_t version = ++e->repl_version;
@@ -1212,28 +1246,14 @@ static void send_replica(metering_t *m, meter_entry_t *e, const char *backup, bo
     for (size_t i = 0; i < e->n_acks; i++)
         if (e->acks[i].version == version)
             keys[k++] = e->acks[i].request_key;
-    quota_owner_stat_t st;
-    quota_owner_stat(e->owner, &st);
-    Llmrelay__Replica rp = LLMRELAY__REPLICA__INIT;
-    Llmrelay__PeerUsage spent, unres, committed;
-    usage_to_pb(&spent, st.spent);
-    usage_to_pb(&unres, e->total_unreserved);
-    usage_to_pb(&committed, (quota_usage_t){st.reserved.tokens + st.held.tokens, st.reserved.nanousd + st.held.nanousd});
-    rp.version = version;
-    rp.spent = &spent;
-    rp.spent_requests = st.spent_requests;
-    rp.total_requests = e->total_requests;
-    rp.total_input_tokens = e->total_input;
-    rp.total_output_tokens = e->total_output;
-    rp.unreserved = &unres;
-    rp.committed = &committed;
-    rp.n_settled = k;
-    rp.settled = keys;
-    rp.owner_boot_id = m->boot;
+    owner_replica_t pb;
+    owner_replica(m, e, version, true, &pb);
+    pb.rp.n_settled = k;
+    pb.rp.settled = keys;
     Llmrelay__PeerMessage pm = LLMRELAY__PEER_MESSAGE__INIT;
     pm.key_id = e->key_id;
     pm.body_case = LLMRELAY__PEER_MESSAGE__BODY_REPLICA;
-    pm.replica = &rp;
+    pm.replica = &pb.rp;
     send_to(m, backup, &pm);
     free(keys);
     snprintf(e->repl_backup, sizeof(e->repl_backup), "%s", backup);
@@ -1370,28 +1390,15 @@ static void on_replica(metering_t *m, const char *sender, const char *key_id, co
 /* Hands a key this node no longer owns to its new owner and drops the owner state. */
 static void hand_off(metering_t *m, meter_entry_t *e, const char *to)
 {
-    quota_owner_stat_t st;
-    quota_owner_stat(e->owner, &st);
+    quota_usage_t spent = quota_owner_spent(e->owner);
     uint64_t *keys = malloc(REPLICA_SETTLED_MAX * sizeof(uint64_t));
     size_t k = keys != NULL ? quota_owner_settled_keys(e->owner, keys, REPLICA_SETTLED_MAX) : 0;
-    Llmrelay__Replica rp = LLMRELAY__REPLICA__INIT;
-    Llmrelay__PeerUsage spent, unres, committed;
-    usage_to_pb(&spent, st.spent);
-    usage_to_pb(&unres, e->total_unreserved);
-    usage_to_pb(&committed, (quota_usage_t){st.reserved.tokens + st.held.tokens, st.reserved.nanousd + st.held.nanousd});
-    rp.committed = &committed;
-    rp.version = ++e->repl_version;
-    rp.spent = &spent;
-    rp.spent_requests = st.spent_requests;
-    rp.total_requests = e->total_requests;
-    rp.total_input_tokens = e->total_input;
-    rp.total_output_tokens = e->total_output;
-    rp.unreserved = &unres;
-    rp.n_settled = k;
-    rp.settled = keys;
-    rp.owner_boot_id = m->boot;
+    owner_replica_t pb;
+    owner_replica(m, e, ++e->repl_version, true, &pb);
+    pb.rp.n_settled = k;
+    pb.rp.settled = keys;
     Llmrelay__KeyHandoff kh = LLMRELAY__KEY_HANDOFF__INIT;
-    kh.state = &rp;
+    kh.state = &pb.rp;
     Llmrelay__PeerMessage pm = LLMRELAY__PEER_MESSAGE__INIT;
     pm.key_id = e->key_id;
     pm.body_case = LLMRELAY__PEER_MESSAGE__BODY_HANDOFF;
@@ -1401,9 +1408,9 @@ static void hand_off(metering_t *m, meter_entry_t *e, const char *to)
     /* what it knew stays as a replica, in case the key comes back */
     e->has_replica = true;
     e->replica_boot = m->boot;
-    e->replica_version = rp.version;
-    e->replica_spent = st.spent;
-    e->replica_requests = st.spent_requests;
+    e->replica_version = pb.rp.version;
+    e->replica_spent = spent;
+    e->replica_requests = pb.rp.spent_requests;
     if (e->replica_settled == NULL)
         e->replica_settled = calloc(REPLICA_SETTLED_MAX, sizeof(uint64_t));
     if (e->replica_settled != NULL) {
@@ -1415,7 +1422,7 @@ static void hand_off(metering_t *m, meter_entry_t *e, const char *to)
     quota_owner_free(e->owner);
     e->owner = NULL;
     e->n_acks = 0; /* their lessees retry at the new owner, which knows them as settled */
-    log_info("quota: key %s handed off to %s (spent %lld tokens)", e->key_id, to, (long long)st.spent.tokens);
+    log_info("quota: key %s handed off to %s (spent %lld tokens)", e->key_id, to, (long long)spent.tokens);
 }
 
 static void ring_refresh(metering_t *m)
@@ -1488,12 +1495,8 @@ static void on_peer_message(void *data, const char *sender, uint64_t boot_id, co
         meter_entry_t *e = owner_entry(m, key_id, now);
         if (e == NULL)
             return;
-        e->total_requests += pm->report->split_requests;
-        e->total_input += pm->report->split_input_tokens;
-        e->total_output += pm->report->split_output_tokens;
-        quota_usage_t un = usage_from_pb(pm->report->unreserved);
-        e->total_unreserved.tokens += un.tokens;
-        e->total_unreserved.nanousd += un.nanousd;
+        add_split(e, pm->report->split_requests, pm->report->split_input_tokens, pm->report->split_output_tokens,
+                  usage_from_pb(pm->report->unreserved));
         m->dirty = true;
         m->stats.reports_received++;
         owner_apply(m, e, lessee_gid(node_tag(sender), (int)pm->worker), &rep, now);
@@ -1516,24 +1519,11 @@ static void on_peer_message(void *data, const char *sender, uint64_t boot_id, co
         server_send_to_worker(m->server, (int)pm->worker, msg);
         break;
     }
-    case LLMRELAY__PEER_MESSAGE__BODY_SETTLE_ACK: {
-        const Llmrelay__SettleAck *sa = pm->settle_ack;
-        /* every held key leaves the pending table; the worker releases its responses */
-        uint64_t keys[QUOTA_REPORT_MAX];
-        size_t n = 0;
-        int worker = (int)pm->worker;
-        for (size_t i = 0; i < sa->n_held; i++) {
-            int w = pf_remove(m, sa->held[i]);
-            if (w >= 0)
-                worker = w;
-            keys[n++] = sa->held[i];
-            if (n == QUOTA_REPORT_MAX || i + 1 == sa->n_held) {
-                ack_local(m, worker, key_id, keys, n);
-                n = 0;
-            }
-        }
+    case LLMRELAY__PEER_MESSAGE__BODY_SETTLE_ACK:
+        /* the held keys leave the pending table; the worker (the lessee's, as reported)
+         * releases its responses */
+        ack_local(m, (int)pm->worker, key_id, pm->settle_ack->held, pm->settle_ack->n_held);
         break;
-    }
     case LLMRELAY__PEER_MESSAGE__BODY_REPLICA:
         on_replica(m, sender, key_id, pm->replica, false);
         break;
@@ -1671,25 +1661,13 @@ static void write_checkpoints(metering_t *m, uint64_t now, bool force)
         meter_entry_t *e = m->table.slots[(m->ckpt_cursor + i) % m->table.cap];
         if (e == NULL || !e->ckpt_dirty || e->owner == NULL)
             continue;
-        quota_owner_stat_t st;
-        quota_owner_stat(e->owner, &st);
-        Llmrelay__Replica rp = LLMRELAY__REPLICA__INIT;
-        Llmrelay__PeerUsage spent, unres;
-        usage_to_pb(&spent, st.spent);
-        usage_to_pb(&unres, e->total_unreserved);
-        rp.version = e->repl_version;
-        rp.spent = &spent;
-        rp.spent_requests = st.spent_requests;
-        rp.total_requests = e->total_requests;
-        rp.total_input_tokens = e->total_input;
-        rp.total_output_tokens = e->total_output;
-        rp.unreserved = &unres;
-        rp.owner_boot_id = m->boot;
-        size_t len = llmrelay__replica__get_packed_size(&rp);
+        owner_replica_t pb;
+        owner_replica(m, e, e->repl_version, false, &pb);
+        size_t len = llmrelay__replica__get_packed_size(&pb.rp);
         bufs[n] = malloc(len ? len : 1);
         if (bufs[n] == NULL)
             break;
-        llmrelay__replica__pack(&rp, bufs[n]);
+        llmrelay__replica__pack(&pb.rp, bufs[n]);
         int kl = snprintf(keys[n], sizeof(keys[n]), "%squota/%s", m->etcd_prefix, e->key_id);
         ops[n] = (etcd_op_t){.type = ETCD_OP_PUT, .key = (const uint8_t *)keys[n], .key_len = (size_t)kl,
                              .value = bufs[n], .value_len = len};
@@ -2042,11 +2020,7 @@ void metering_on_msg(metering_t *m, meter_msg_t *msg)
         free(msg);
         return;
     }
-    e->total_requests += msg->requests;
-    e->total_input += msg->input_tokens;
-    e->total_output += msg->output_tokens;
-    e->total_unreserved.tokens += msg->unreserved.tokens;
-    e->total_unreserved.nanousd += msg->unreserved.nanousd;
+    add_split(e, msg->requests, msg->input_tokens, msg->output_tokens, msg->unreserved);
     if (msg->requests != 0 || (msg->has_report && msg->u.report.n_entries != 0))
         m->dirty = true;
     quota_lease_t answer;

@@ -120,6 +120,17 @@ static size_t put_varint(uint8_t *out, uint64_t v)
     return n;
 }
 
+/* Writes msg (packed size mlen) as one PeerEnvelope.messages entry (field 5: tag, length,
+ * bytes) at out, which has room for mlen + 11 bytes; returns the bytes written. */
+static size_t put_message(uint8_t *out, const Llmrelay__PeerMessage *msg, size_t mlen)
+{
+    size_t n = 0;
+    out[n++] = (5 << 3) | 2;
+    n += put_varint(out + n, mlen);
+    llmrelay__peer_message__pack(msg, out + n);
+    return n + mlen;
+}
+
 /* Seals an envelope with the given messages (already encoded as field 5) into a malloc'd
  * frame. */
 static int seal_envelope(peer_t *p, const uint8_t *msgs, size_t msgs_len, uint8_t **out, size_t *out_len)
@@ -167,15 +178,10 @@ static void answer(h2o_req_t *req, peer_t *p, int status, Llmrelay__PeerError__C
         m.error = &e;
         uint8_t tmp[512];
         size_t mlen = llmrelay__peer_message__get_packed_size(&m);
-        if (mlen + 12 > sizeof(tmp)) {
+        if (mlen + 11 > sizeof(tmp))
             rc = -EMSGSIZE;
-        } else {
-            size_t n = 0;
-            tmp[n++] = (5 << 3) | 2;
-            n += put_varint(tmp + n, mlen);
-            llmrelay__peer_message__pack(&m, tmp + n);
-            rc = seal_envelope(p, tmp, n + mlen, &frame, &flen);
-        }
+        else
+            rc = seal_envelope(p, tmp, put_message(tmp, &m, mlen), &frame, &flen);
     } else {
         rc = seal_envelope(p, NULL, 0, &frame, &flen);
     }
@@ -494,10 +500,7 @@ int peer_send(peer_t *p, const char *name, const char *addr, const Llmrelay__Pee
         d->queue = q;
         d->cap = ncap;
     }
-    d->queue[d->len++] = (5 << 3) | 2;
-    d->len += put_varint(d->queue + d->len, mlen);
-    llmrelay__peer_message__pack(msg, d->queue + d->len);
-    d->len += mlen;
+    d->len += put_message(d->queue + d->len, msg, mlen);
     d->n_msgs++;
     return 0;
 }

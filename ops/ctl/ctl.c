@@ -3,6 +3,7 @@
  * messages on stderr, and the mapping of error codes to exit statuses.
  */
 #include "ops/ctl/ctl.h"
+#include "ops/ctl/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -104,4 +105,31 @@ int ctl_exit_code(int rc)
     if (rc == -ENOTCONN)
         return CTL_EXIT_UNREACHABLE;
     return CTL_EXIT_SERVER;
+}
+
+int ctl_print_list(const struct ctl *ctl, const void *answer, const char *array, const char *const *headers,
+                   const char *const *fields, const char *const *null_texts, size_t ncols)
+{
+    yajl_val list = ctl_json_get((yajl_val)answer, array, NULL);
+    if (!YAJL_IS_ARRAY(list)) {
+        ctl_errorf(ctl, "the answer has no \"%s\" array", array);
+        return -EPROTO;
+    }
+    size_t nrows = list->u.array.len;
+    char **cells = calloc(nrows * ncols + 1, sizeof(*cells));
+    if (cells == NULL)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t r = 0; r < nrows && rc == 0; r++)
+        for (size_t c = 0; c < ncols; c++) {
+            const char *null_text = null_texts != NULL && null_texts[c] != NULL ? null_texts[c] : "-";
+            yajl_val v = ctl_json_get(list->u.array.values[r], fields[c], NULL);
+            if ((cells[r * ncols + c] = ctl_json_text(v, null_text)) == NULL)
+                rc = -ENOMEM;
+        }
+    if (rc == 0)
+        ctl_print_table(ctl->out, headers, ncols, cells, nrows);
+    ctl_free_cells(cells, nrows * ncols);
+    free(cells);
+    return rc;
 }

@@ -48,6 +48,12 @@ int ctl_exit_code(int rc);
 /* Prints "llmrelayctl: <message>\n" on ctl->err. */
 void ctl_errorf(const struct ctl *ctl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Prints the array answer[array] as a table: one row per element, column c = its member
+ * fields[c] under headers[c], a null or absent member shown as null_texts[c] (NULL: "-").
+ * 0, -EPROTO (no such array; said on ctl->err) or -ENOMEM. answer is a yajl_val. */
+int ctl_print_list(const struct ctl *ctl, const void *answer, const char *array, const char *const *headers,
+                   const char *const *fields, const char *const *null_texts, size_t ncols);
+
 /* Command groups: argv[0] is the group's name ("provider", "key"); argv is borrowed
  * and may be modified (values of secret flags are wiped from it after use). */
 int ctl_provider_main(struct ctl *ctl, int argc, char **argv);

@@ -62,26 +62,7 @@ static int print_price_list(struct ctl *ctl, yajl_val answer)
     static const char *const headers[] = {"MODEL", "INPUT", "OUTPUT", "CACHED_INPUT", "REASONING", "UPDATED_AT"};
     static const char *const fields[] = {"model", "input", "output", "cached_input", "reasoning", "updated_at"};
     enum { NCOLS = 6 };
-    yajl_val list = ctl_json_get(answer, "prices", NULL);
-    if (!YAJL_IS_ARRAY(list)) {
-        ctl_errorf(ctl, "the answer has no \"prices\" array");
-        return -EPROTO;
-    }
-    size_t nrows = list->u.array.len;
-    char **cells = calloc(nrows * NCOLS + 1, sizeof(*cells));
-    if (cells == NULL)
-        return -ENOMEM;
-    int rc = 0;
-    for (size_t r = 0; r < nrows && rc == 0; r++)
-        for (size_t c = 0; c < NCOLS; c++)
-            if ((cells[r * NCOLS + c] = ctl_json_text(ctl_json_get(list->u.array.values[r], fields[c], NULL), "-")) ==
-                NULL)
-                rc = -ENOMEM;
-    if (rc == 0)
-        ctl_print_table(ctl->out, headers, NCOLS, cells, nrows);
-    ctl_free_cells(cells, nrows * NCOLS);
-    free(cells);
-    return rc;
+    return ctl_print_list(ctl, answer, "prices", headers, fields, NULL, NCOLS);
 }
 
 static int price_set(struct ctl *ctl, const struct ctl_opts *opts, const char *path)

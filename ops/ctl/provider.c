@@ -106,29 +106,8 @@ static int print_provider_list(struct ctl *ctl, yajl_val answer)
     static const char *const fields[] = {"name",     "type",   "base_url", "models",
                                          "priority", "weight", "region",   "api_keys"};
     enum { NCOLS = sizeof(headers) / sizeof(headers[0]) };
-    yajl_val list = ctl_json_get(answer, "providers", NULL);
-    if (!YAJL_IS_ARRAY(list)) {
-        ctl_errorf(ctl, "the answer has no \"providers\" array");
-        return -EPROTO;
-    }
-    size_t nrows = list->u.array.len;
-    char **cells = calloc(nrows * NCOLS + 1, sizeof(*cells));
-    if (cells == NULL)
-        return -ENOMEM;
-    int rc = 0;
-    for (size_t r = 0; r < nrows && rc == 0; r++) {
-        for (size_t c = 0; c < NCOLS; c++) {
-            const char *null_text = strcmp(fields[c], "region") == 0 ? "any" : "-";
-            yajl_val v = ctl_json_get(list->u.array.values[r], fields[c], NULL);
-            if ((cells[r * NCOLS + c] = ctl_json_text(v, null_text)) == NULL)
-                rc = -ENOMEM;
-        }
-    }
-    if (rc == 0)
-        ctl_print_table(ctl->out, headers, NCOLS, cells, nrows);
-    ctl_free_cells(cells, nrows * NCOLS);
-    free(cells);
-    return rc;
+    static const char *const null_texts[] = {NULL, NULL, NULL, NULL, NULL, NULL, "any", NULL};
+    return ctl_print_list(ctl, answer, "providers", headers, fields, null_texts, NCOLS);
 }
 
 /* Adds the comma-separated items of list to the open array; returns how many. */

@@ -93,26 +93,7 @@ static int print_token_list(struct ctl *ctl, yajl_val answer)
     static const char *const headers[] = {"NAME", "ROLE", "CREATED"};
     static const char *const fields[] = {"name", "role", "created"};
     enum { NCOLS = 3 };
-    yajl_val list = ctl_json_get(answer, "tokens", NULL);
-    if (!YAJL_IS_ARRAY(list)) {
-        ctl_errorf(ctl, "the answer has no \"tokens\" array");
-        return -EPROTO;
-    }
-    size_t nrows = list->u.array.len;
-    char **cells = calloc(nrows * NCOLS + 1, sizeof(*cells));
-    if (cells == NULL)
-        return -ENOMEM;
-    int rc = 0;
-    for (size_t r = 0; r < nrows && rc == 0; r++)
-        for (size_t c = 0; c < NCOLS; c++)
-            if ((cells[r * NCOLS + c] = ctl_json_text(ctl_json_get(list->u.array.values[r], fields[c], NULL), "-")) ==
-                NULL)
-                rc = -ENOMEM;
-    if (rc == 0)
-        ctl_print_table(ctl->out, headers, NCOLS, cells, nrows);
-    ctl_free_cells(cells, nrows * NCOLS);
-    free(cells);
-    return rc;
+    return ctl_print_list(ctl, answer, "tokens", headers, fields, NULL, NCOLS);
 }
 
 int ctl_token_main(struct ctl *ctl, int argc, char **argv)
