@@ -376,6 +376,15 @@ class Mock:
             body = r.json()
             return body["requests"] if isinstance(body, dict) else body
 
+    def requests_of(self, upstream_key):
+        """What the mock received under one upstream key (GET /mock/requests?key=K), oldest
+        first: shapes only (path, model, auth, fields, role:part-types, tools), never text."""
+        with self._client() as c:
+            r = c.get(self.url + "/mock/requests", params={"key": upstream_key})
+            r.raise_for_status()
+            body = r.json()
+            return body["requests"] if isinstance(body, dict) else body
+
     def requests_for(self, upstream_key):
         return [q for q in self.requests() if q.get("key_suffix") and
                 upstream_key.endswith(q["key_suffix"])]
@@ -632,12 +641,18 @@ class Admin:
 
 # --------------------------------------------------------------- routes and requests
 
+def provider_base_url(mock, type_):
+    """The mock's base URL for a provider of type_, by each SDK's convention: openai with the
+    version (`<mock>/v1`), anthropic and gemini without (`<mock>`)."""
+    return mock.base_url if type_ == "openai" else mock.url
+
+
 class Route:
     """A provider on the mock with its own upstream key and model, plus a relay key that
     may use it: the mock's per-upstream-key stats then isolate one test's traffic."""
 
     def __init__(self, node, mock, tag=None, base_url=None, models=None, key_models=None,
-                 key_limits=None):
+                 key_limits=None, type_="openai"):
         tag = tag or rand_id()
         self.tag = tag
         self.provider = "p-" + tag
@@ -646,8 +661,10 @@ class Route:
         self.models = models or [self.model]
         self.node = node
         self.mock = mock
-        node.admin.put_provider(self.provider, base_url or mock.base_url, [self.upstream_key],
-                                self.models)
+        # type_: the provider's wire format (openai, anthropic, gemini) on the same mock
+        self.type = type_
+        node.admin.put_provider(self.provider, base_url or provider_base_url(mock, type_),
+                                [self.upstream_key], self.models, type_=type_)
         # key_limits: more key fields (budget_tokens, budget_usd, rpm, tpm, expires)
         created = node.admin.create_key(name="k-" + tag, models=key_models,
                                         **(key_limits or {}))

@@ -720,8 +720,140 @@ static void send_jw(admin_req_t *r, int status, jw_t *w)
 
 /* ---- records → JSON ---- */
 
+/* The channels' breakers as the workers last published them (ops.channels), for the
+ * provider answers. rows NULL = none known (every channel reads closed). */
+typedef struct channel_view {
+    channels_row_t *rows; /* ordered by (provider, key_index) */
+    size_t n;
+    uint64_t now_mono_ms; /* the clock of the rows' last_change_ms */
+    int64_t now_ms;       /* the admin's clock (unix ms) at the same moment */
+} channel_view_t;
+
+#define ADMIN_CHANNELS_DEFAULT_CAP 4096 /* rows asked for when the node gives no bound */
+
+static int64_t admin_now_ms(const admin_t *a);
+static void jw_time_ms(jw_t *w, int64_t ms);
+
+static void channel_view_load(admin_t *a, channel_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->now_ms = admin_now_ms(a);
+    if (a->ops.channels == NULL)
+        return;
+    size_t cap = a->ops.channels_bound != NULL ? a->ops.channels_bound(a->ops.data) : ADMIN_CHANNELS_DEFAULT_CAP;
+    if (cap == 0 || (v->rows = calloc(cap, sizeof(*v->rows))) == NULL)
+        return;
+    v->n = a->ops.channels(a->ops.data, v->rows, cap, &v->now_mono_ms);
+}
+
+static void channel_view_free(channel_view_t *v)
+{
+    free(v->rows);
+    v->rows = NULL;
+    v->n = 0;
+}
+
+/* The row of (provider, key_index), or NULL when the workers have none (yet). */
+static const channels_row_t *channel_view_find(const channel_view_t *v, const char *provider, uint32_t key_index)
+{
+    size_t lo = 0, hi = v->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const channels_row_t *r = &v->rows[mid];
+        int c = strcmp(r->provider, provider);
+        if (c == 0)
+            c = r->key_index < key_index ? -1 : r->key_index > key_index;
+        if (c == 0)
+            return r;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* channels_state_name's words (kept here: the admin module links without the relay's). */
+static const char *channel_state_name(channels_state_t s)
+{
+    return s == CHANNELS_OPEN ? "open" : s == CHANNELS_HALF_OPEN ? "half_open" : "closed";
+}
+
+/* "channels": one row per upstream key of p, in key order; a key the workers have no
+ * breaker for (never used, or a config newer than theirs) reads closed with zeros. */
+static void gen_provider_channels(jw_t *w, const Llmrelay__Provider *p, const channel_view_t *v)
+{
+    jw_key(w, "channels");
+    jw_array_open(w);
+    for (size_t i = 0; i < p->n_api_keys; i++) {
+        const channels_row_t *row = channel_view_find(v, p->name, (uint32_t)i);
+        char masked[16];
+        jw_map_open(w);
+        jw_key(w, "key_index");
+        jw_int(w, (int64_t)i);
+        jw_key(w, "key");
+        if (admin_mask_secret(p->api_keys[i], masked, sizeof(masked)) == 0)
+            jw_str(w, masked);
+        else
+            jw_null(w);
+        jw_key(w, "state");
+        jw_str(w, channel_state_name(row ? row->state : CHANNELS_CLOSED));
+        jw_key(w, "failures");
+        jw_int(w, row ? (int64_t)row->failures : 0);
+        jw_key(w, "opens");
+        jw_int(w, row ? (int64_t)row->opens : 0);
+        jw_key(w, "probes");
+        jw_int(w, row ? (int64_t)row->probes : 0);
+        jw_key(w, "workers_not_closed");
+        jw_int(w, row ? (int64_t)row->not_closed : 0);
+        jw_key(w, "last_change");
+        /* The workers' clock is monotonic: placed on the admin's clock by its age. */
+        if (row != NULL && row->last_change_ms != 0 && row->last_change_ms <= v->now_mono_ms)
+            jw_time_ms(w, v->now_ms - (int64_t)(v->now_mono_ms - row->last_change_ms));
+        else
+            jw_null(w);
+        jw_map_close(w);
+    }
+    jw_array_close(w);
+}
+
+/* "channel_states": how many of p's channels are in each state (provider list). */
+static void gen_provider_channel_summary(jw_t *w, const Llmrelay__Provider *p, const channel_view_t *v)
+{
+    int64_t closed = 0, half_open = 0, open = 0;
+    for (size_t i = 0; i < p->n_api_keys; i++) {
+        const channels_row_t *row = channel_view_find(v, p->name, (uint32_t)i);
+        channels_state_t st = row ? row->state : CHANNELS_CLOSED;
+        if (st == CHANNELS_OPEN)
+            open++;
+        else if (st == CHANNELS_HALF_OPEN)
+            half_open++;
+        else
+            closed++;
+    }
+    jw_key(w, "channel_states");
+    jw_map_open(w);
+    jw_key(w, "closed");
+    jw_int(w, closed);
+    jw_key(w, "half_open");
+    jw_int(w, half_open);
+    jw_key(w, "open");
+    jw_int(w, open);
+    jw_map_close(w);
+}
+
+/* A provider record; with v, its channels' breakers too (detail: one row per key, else a
+ * count per state). */
+static void gen_provider_ex(jw_t *w, const Llmrelay__Provider *p, const channel_view_t *v, bool detail);
+
 static void gen_provider(jw_t *w, const Llmrelay__Provider *p)
 {
+    gen_provider_ex(w, p, NULL, false);
+}
+
+static void gen_provider_ex(jw_t *w, const Llmrelay__Provider *p, const channel_view_t *v, bool detail)
+{
+
     jw_map_open(w);
     jw_key(w, "name");
     jw_str(w, p->name);
@@ -760,6 +892,10 @@ static void gen_provider(jw_t *w, const Llmrelay__Provider *p)
         jw_null(w);
     jw_key(w, "updated_at");
     jw_time(w, p->updated_at);
+    if (v != NULL && detail)
+        gen_provider_channels(w, p, v);
+    else if (v != NULL)
+        gen_provider_channel_summary(w, p, v);
     jw_map_close(w);
 }
 
@@ -1358,12 +1494,15 @@ static void handle_provider_list(admin_req_t *r)
         send_error(r, 500, "internal_error", "out of memory");
         return;
     }
+    channel_view_t view;
+    channel_view_load(r->admin, &view);
     jw_map_open(&w);
     jw_key(&w, "providers");
     jw_array_open(&w);
     for (size_t i = 0; i < n; i++)
-        gen_provider(&w, list[i]);
+        gen_provider_ex(&w, list[i], &view, false);
     free(list);
+    channel_view_free(&view);
     jw_array_close(&w);
     jw_map_close(&w);
     send_jw(r, 200, &w);
@@ -1379,7 +1518,10 @@ static void handle_provider_get(admin_req_t *r, const char *name)
     jw_t w;
     if (!jw_start(r, &w))
         return;
-    gen_provider(&w, p);
+    channel_view_t view;
+    channel_view_load(r->admin, &view);
+    gen_provider_ex(&w, p, &view, true);
+    channel_view_free(&view);
     send_jw(r, 200, &w);
 }
 

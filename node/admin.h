@@ -34,6 +34,7 @@
 
 #include "cluster/config_store.h"
 #include "cluster/etcd.h"
+#include "node/channels.h"
 #include "node/config.h"
 #include "node/wipe.h"
 
@@ -163,6 +164,13 @@ typedef struct admin_node_ops {
      * decided (the answer is sent before the drain starts), or an error status with a JSON
      * error body (404 unknown node, 501 not wired yet...). NULL = 503. */
     void (*drain)(void *data, const char *name, admin_answer_cb done, void *done_ctx);
+    /* The channels' circuit breakers (node/channels.h), merged over the workers: fills at
+     * most cap rows ordered by (provider, key_index) and returns how many; *now_mono_ms gets
+     * the monotonic clock (ms) the rows' last_change_ms are on. Used by GET
+     * /admin/v1/providers[/NAME] (a channel without a row shows closed). NULL = none. */
+    size_t (*channels)(void *data, channels_row_t *rows, size_t cap, uint64_t *now_mono_ms);
+    /* An upper bound of the rows channels can give now (a size for its buffer). */
+    size_t (*channels_bound)(void *data);
 } admin_node_ops_t;
 
 /* Reads the bootstrap token (if cfg->admin_token_file is set), binds cfg->admin_listen and

@@ -41,7 +41,9 @@ enum opt_kind {
     OPT_TLS_VERSION,
     OPT_SIZE,
     OPT_DURATION,
-    OPT_CONFIG, /* command line only from here on */
+    OPT_ATTEMPTS,  /* unsigned, 1..CONFIG_MAX_UPSTREAM_ATTEMPTS */
+    OPT_THRESHOLD, /* unsigned, 1..CHANNELS_MAX_THRESHOLD */
+    OPT_CONFIG,    /* command line only from here on */
     OPT_HELP,
     OPT_VERSION,
 };
@@ -102,6 +104,16 @@ static const struct opt options[] = {
      "longest silence within an upstream response"},
     {"default-max-output-tokens", OPT_TOKENS, FIELD(default_max_output_tokens), 0, "N", "4096",
      "output bound set upstream when a request gives none (1..10000000)"},
+    {"upstream-max-attempts", OPT_ATTEMPTS, FIELD(retry_policy.max_attempts), 0, "N", "3",
+     "upstream channels tried per request, the first included (1..10)"},
+    {"upstream-retry-budget", OPT_DURATION, FIELD(retry_policy.budget_ms), OPT_NONZERO, "DUR", "30s",
+     "no retry on another channel once this long has passed since the first attempt"},
+    {"breaker-threshold", OPT_THRESHOLD, FIELD(breaker.threshold), 0, "N", "5",
+     "failures within --breaker-window that open a channel's circuit breaker (1..16)"},
+    {"breaker-window", OPT_DURATION, FIELD(breaker.window_ms), OPT_NONZERO, "DUR", "30s",
+     "window in which --breaker-threshold failures open the breaker"},
+    {"breaker-cooldown", OPT_DURATION, FIELD(breaker.cooldown_ms), OPT_NONZERO, "DUR", "30s",
+     "an open breaker admits a probe after this long (doubles on reopen, up to max(5m, this))"},
     {"version", OPT_VERSION, NO_FIELD, 0, NULL, NULL, "print the version and exit"},
     {"help", OPT_HELP, NO_FIELD, 0, NULL, NULL, "print this help and exit"},
 };
@@ -382,6 +394,19 @@ static int opt_apply(llmrelay_config_t *cfg, const struct opt *o, const char *va
             return -EINVAL;
         }
         *(int64_t *)field = (int64_t)n;
+        return 0;
+    }
+    case OPT_ATTEMPTS:
+    case OPT_THRESHOLD: {
+        uint64_t n, max = o->kind == OPT_ATTEMPTS ? CONFIG_MAX_UPSTREAM_ATTEMPTS : CHANNELS_MAX_THRESHOLD;
+        const char *end;
+        if (parse_u64_prefix(value, &n, &end) != 0 || *end != '\0' || n < 1 || n > max) {
+            snprintf(msg, msglen, "invalid %s \"%.*s\" (want 1..%u)",
+                     o->kind == OPT_ATTEMPTS ? "attempt count" : "failure threshold", VALUE_SHOWN, value,
+                     (unsigned)max);
+            return -EINVAL;
+        }
+        *(unsigned *)field = (unsigned)n;
         return 0;
     }
     case OPT_LOG_LEVEL:
@@ -756,6 +781,12 @@ static int finish(llmrelay_config_t *cfg, char *err, size_t errlen)
         unsigned n = uv_available_parallelism();
         cfg->workers = n < 1 ? 1 : n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (int)n;
     }
+    /* The breaker's derived bounds (channels.h): reopen back-off capped at 5 min, or at the
+     * cool-down itself when that is longer; a probe without a verdict frees its slot. */
+    cfg->breaker.cooldown_max_ms = cfg->breaker.cooldown_ms > CONFIG_BREAKER_COOLDOWN_MAX_MS
+                                       ? cfg->breaker.cooldown_ms
+                                       : CONFIG_BREAKER_COOLDOWN_MAX_MS;
+    cfg->breaker.probe_timeout_ms = CONFIG_BREAKER_PROBE_TIMEOUT_MS;
     if ((cfg->peer_tls_cert == NULL) != (cfg->peer_tls_key == NULL)) {
         snprintf(err, errlen, "%s: needs %s too", cfg->peer_tls_cert ? "--peer-tls-cert" : "--peer-tls-key",
                  cfg->peer_tls_cert ? "--peer-tls-key" : "--peer-tls-cert");

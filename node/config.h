@@ -27,13 +27,18 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "node/channels.h"
+
 #ifndef LLMRELAY_VERSION
 #define LLMRELAY_VERSION "0.0.0-dev"
 #endif
 
 #define CONFIG_MAX_WORKERS 256
-#define CONFIG_MAX_FILE_SIZE (1024 * 1024) /* a --config file larger than this is refused */
-#define CONFIG_MAX_BODY_LIMIT (4ULL << 30) /* --max-body may not exceed 4 GiB (kept in memory) */
+#define CONFIG_MAX_FILE_SIZE (1024 * 1024)             /* a --config file larger than this is refused */
+#define CONFIG_MAX_BODY_LIMIT (4ULL << 30)             /* --max-body may not exceed 4 GiB (kept in memory) */
+#define CONFIG_MAX_UPSTREAM_ATTEMPTS 10                /* --upstream-max-attempts: 1..10 */
+#define CONFIG_BREAKER_COOLDOWN_MAX_MS (300ULL * 1000) /* cooldown_max = max(this, --breaker-cooldown) */
+#define CONFIG_BREAKER_PROBE_TIMEOUT_MS (120ULL * 1000)
 
 typedef struct llmrelay_config {
     char *name;                              /* default: the host name; [A-Za-z0-9._-], 1..64 chars */
@@ -70,6 +75,12 @@ typedef struct llmrelay_config {
     uint64_t upstream_idle_timeout_ms;       /* default 300 s; > 0 */
     int64_t default_max_output_tokens;       /* default 4096: the output bound the relay sets upstream
                                                 when a request gives none, so its reservation holds */
+    /* Channel failover (node/channels.h). retry_policy: --upstream-max-attempts (default 3,
+     * 1..10), --upstream-retry-budget (default 30 s, > 0). breaker: --breaker-threshold
+     * (default 5, 1..CHANNELS_MAX_THRESHOLD), --breaker-window (30 s), --breaker-cooldown
+     * (30 s), all > 0; cooldown_max_ms = max(300 s, cooldown_ms), probe_timeout_ms = 120 s. */
+    channels_retry_policy_t retry_policy;
+    channels_breaker_config_t breaker;
 } llmrelay_config_t;
 
 /* Fills *cfg (which need not be initialised) from defaults, the --config file and argv.

@@ -1,4 +1,4 @@
-/* errors.c — OpenAI-shaped error bodies and the responses that carry them. */
+/* errors.c — error bodies in the shape of the API called, and the responses that carry them. */
 #include "node/errors.h"
 
 #include <stdio.h>
@@ -69,5 +69,84 @@ void errors_openai_send(h2o_req_t *req, int status, const char *code, const char
     if (request_id != NULL)
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, request_id,
                               strlen(request_id));
+    h2o_send_inline(req, body, len);
+}
+
+static const char *anthropic_type(int status, const char *code)
+{
+    static const struct {
+        const char *code, *type;
+    } map[] = {
+        {"invalid_api_key", "authentication_error"},
+        {"model_not_allowed", "permission_error"},
+        {"model_not_found", "not_found_error"},
+        {"not_found", "not_found_error"},
+        {"request_too_large", "request_too_large"},
+        {"rate_limit_exceeded", "rate_limit_error"},
+        {"insufficient_quota", "rate_limit_error"},
+        {"upstream_error", "api_error"},
+        {"upstream_timeout", "api_error"},
+        {"unavailable", "api_error"},
+    };
+    if (status == 503 || status == 529)
+        return "overloaded_error";
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(map[i].code, code) == 0)
+            return map[i].type;
+    return status >= 500 ? "api_error" : "invalid_request_error";
+}
+
+static const char *gemini_status(int status, const char *code)
+{
+    static const struct {
+        const char *code, *status;
+    } map[] = {
+        {"invalid_api_key", "UNAUTHENTICATED"},
+        {"model_not_allowed", "PERMISSION_DENIED"},
+        {"model_not_found", "NOT_FOUND"},
+        {"not_found", "NOT_FOUND"},
+        {"rate_limit_exceeded", "RESOURCE_EXHAUSTED"},
+        {"insufficient_quota", "RESOURCE_EXHAUSTED"},
+        {"upstream_timeout", "DEADLINE_EXCEEDED"},
+        {"upstream_error", "UNAVAILABLE"},
+        {"unavailable", "UNAVAILABLE"},
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(map[i].code, code) == 0)
+            return map[i].status;
+    return status >= 500 ? "UNAVAILABLE" : "INVALID_ARGUMENT";
+}
+
+size_t errors_body(xlate_format_t fmt, char *buf, size_t cap, int status, const char *code, const char *message)
+{
+    if (fmt == XLATE_OPENAI_CHAT)
+        return errors_openai_body(buf, cap, code, message);
+    char msg[512];
+    escape_into(msg, sizeof(msg), message);
+    int n = fmt == XLATE_ANTHROPIC
+                ? snprintf(buf, cap, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}\n",
+                           anthropic_type(status, code), msg)
+                : snprintf(buf, cap, "{\"error\":{\"code\":%d,\"message\":\"%s\",\"status\":\"%s\"}}\n", status, msg,
+                           gemini_status(status, code));
+    if (n < 0)
+        return 0;
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+void errors_send(h2o_req_t *req, xlate_format_t fmt, int status, const char *code, const char *message,
+                 const char *request_id)
+{
+    char *body = h2o_mem_alloc_pool(&req->pool, 768);
+    size_t len = errors_body(fmt, body, 768, status, code, message);
+    req->res.status = status;
+    req->res.reason = "Error";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    if (request_id != NULL) {
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, request_id,
+                              strlen(request_id));
+        if (fmt == XLATE_ANTHROPIC)
+            h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("request-id"), 0, NULL, request_id,
+                                  strlen(request_id));
+    }
     h2o_send_inline(req, body, len);
 }

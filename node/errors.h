@@ -1,4 +1,4 @@
-/* errors.h — error answers in the shape of the API called (OpenAI for now).
+/* errors.h — error answers in the shape of the API called (OpenAI, Anthropic, Gemini).
  *
  * Messages are the relay's own words: never a quote of request content, never a secret.
  * The body is allocated from the request's pool and holds no content. */
@@ -7,6 +7,8 @@
 
 #include <h2o.h>
 #include <stddef.h>
+
+#include "node/xlate_req.h" /* xlate_format_t */
 
 /* OpenAI shape: {"error":{"message":..,"type":..,"param":null,"code":..}}. `code` is one
  * of the contract's codes (invalid_api_key, model_not_allowed, model_not_found,
@@ -22,5 +24,23 @@ const char *errors_openai_type(const char *code);
 /* Sends a complete error response: status, content-type, x-request-id (when given) and
  * the OpenAI-shaped body. */
 void errors_openai_send(h2o_req_t *req, int status, const char *code, const char *message, const char *request_id);
+
+/* The same error in the shape of format fmt (DESIGN.md's table), code being one of the
+ * contract's OpenAI codes above:
+ *   OpenAI     {"error":{"message","type","param":null,"code"}}
+ *   Anthropic  {"type":"error","error":{"type","message"}}: invalid_api_key ->
+ *              authentication_error, model_not_allowed -> permission_error, model_not_found /
+ *              not_found -> not_found_error, request_too_large -> request_too_large, rate
+ *              limits and budgets -> rate_limit_error, 503 and 529 -> overloaded_error, other
+ *              upstream failures -> api_error, the rest -> invalid_request_error.
+ *   Gemini     {"error":{"code":status,"message","status"}}: UNAUTHENTICATED,
+ *              PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
+ *              UNAVAILABLE, DEADLINE_EXCEEDED.
+ * Same truncation rule as errors_openai_body. */
+size_t errors_body(xlate_format_t fmt, char *buf, size_t cap, int status, const char *code, const char *message);
+
+/* errors_openai_send in the shape of fmt; Anthropic answers also carry `request-id`. */
+void errors_send(h2o_req_t *req, xlate_format_t fmt, int status, const char *code, const char *message,
+                 const char *request_id);
 
 #endif

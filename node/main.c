@@ -206,11 +206,30 @@ static void admin_query_ring_usage(void *data, const admin_usage_query_t *q, adm
     metrics_ring_query(((node_t *)data)->ring, &mq, done, done_ctx);
 }
 
+static size_t admin_channels(void *data, channels_row_t *rows, size_t cap, uint64_t *now_mono_ms)
+{
+    return server_channels_rows(&((node_t *)data)->server, rows, cap, now_mono_ms);
+}
+
+static size_t admin_channels_bound(void *data)
+{
+    return server_channels_bound(&((node_t *)data)->server);
+}
+
 static int admin_render_metrics(void *data, wipe_buf_t *out)
 {
     node_t *n = data;
     metrics_set_etcd_reachable(n->metrics, etcd_client_reachable(n->etcd));
-    return metrics_render(n->metrics, out);
+    int rc = metrics_render(n->metrics, out);
+    if (rc != 0)
+        return rc;
+    /* The channels' breakers, as the workers last published them. */
+    size_t cap = server_channels_bound(&n->server);
+    channels_row_t *rows = cap > 0 ? calloc(cap, sizeof(*rows)) : NULL;
+    size_t rows_n = rows != NULL ? server_channels_rows(&n->server, rows, cap, NULL) : 0;
+    rc = metrics_render_channels(out, rows, rows_n);
+    free(rows);
+    return rc;
 }
 
 static void on_audit_sweep_timer(uv_timer_t *t)
@@ -561,6 +580,8 @@ int main(int argc, char **argv)
         .cluster = admin_cluster,
         .drain = admin_drain,
         .refresh_key = admin_refresh_key,
+        .channels = admin_channels,
+        .channels_bound = admin_channels_bound,
     };
     metrics_ring_options_t ring_opts = {.loop = n->loop, .etcd = n->etcd, .prefix = n->cfg.etcd_prefix,
                                         .node = n->cfg.name, .clock = &n->clock, .metrics = n->metrics,

@@ -420,7 +420,8 @@ static void registry_apply(metrics_t *m, enum registry_kind kind, update_maps_t 
         size_t len = valid_len(names[i]);
         if (len == 0 || slots[i] != other)
             continue;
-        map_find(&u->wanted, names[i], len, &v);
+        if (!map_find(&u->wanted, names[i], len, &v))
+            continue; /* every valid name was put in wanted above */
         if (v != i) { /* a duplicate: the first occurrence has been handled */
             slots[i] = slots[v];
             continue;
@@ -927,6 +928,58 @@ int metrics_render(metrics_t *m, wipe_buf_t *out)
     line_str(&r.line, "\"} 1");
     emit(&r);
 
+    if (r.err != 0)
+        out->len = start_len;
+    return r.err;
+}
+
+static void channel_labels(line_t *l, const char *name, const channels_row_t *row)
+{
+    line_str(l, name);
+    line_str(l, "{provider=\"");
+    line_esc(l, row->provider);
+    line_str(l, "\",key_index=\"");
+    line_u64(l, row->key_index);
+    line_str(l, "\"");
+}
+
+int metrics_render_channels(wipe_buf_t *out, const channels_row_t *rows, size_t n)
+{
+    static const struct {
+        channels_state_t state;
+        const char *name;
+    } states[] = {{CHANNELS_CLOSED, "closed"}, {CHANNELS_HALF_OPEN, "half_open"}, {CHANNELS_OPEN, "open"}};
+    render_t r = {.out = out, .err = 0};
+    size_t start_len = out->len;
+
+    family(&r, "llmrelay_channel_state", "gauge",
+           "Circuit breaker of each upstream channel (provider, key index): 1 for its current state, the worst over "
+           "the workers.");
+    for (size_t i = 0; i < n && r.err == 0; i++) {
+        for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
+            channel_labels(&r.line, "llmrelay_channel_state", &rows[i]);
+            line_str(&r.line, ",state=\"");
+            line_str(&r.line, states[k].name);
+            line_str(&r.line, rows[i].state == states[k].state ? "\"} 1" : "\"} 0");
+            emit(&r);
+        }
+    }
+    family(&r, "llmrelay_channel_failures_total", "counter",
+           "Failed attempts on each upstream channel counted by its breaker, summed over the workers.");
+    for (size_t i = 0; i < n && r.err == 0; i++) {
+        channel_labels(&r.line, "llmrelay_channel_failures_total", &rows[i]);
+        line_str(&r.line, "} ");
+        line_u64(&r.line, rows[i].failures);
+        emit(&r);
+    }
+    family(&r, "llmrelay_channel_opens_total", "counter",
+           "Times each upstream channel's breaker opened, summed over the workers.");
+    for (size_t i = 0; i < n && r.err == 0; i++) {
+        channel_labels(&r.line, "llmrelay_channel_opens_total", &rows[i]);
+        line_str(&r.line, "} ");
+        line_u64(&r.line, rows[i].opens);
+        emit(&r);
+    }
     if (r.err != 0)
         out->len = start_len;
     return r.err;

@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "node/channels.h"
 #include "node/wipe.h"
 
 #define METRICS_MAX_MODELS 1024   /* named model slots; one more slot is "other" */
@@ -109,6 +110,13 @@ void metrics_set_config_revision(metrics_t *m, int64_t revision);
  * or -E2BIG / -ENOMEM with out->len restored. Main thread only (it is the registry's
  * owner); reads shards concurrently with their writers. */
 int metrics_render(metrics_t *m, wipe_buf_t *out);
+
+/* Appends the channel breaker families (rows as server_channels_rows merges them, ordered
+ * by provider and key_index; borrowed): llmrelay_channel_state{provider,key_index,state} (1
+ * for the current state, 0 for the two others), llmrelay_channel_failures_total and
+ * llmrelay_channel_opens_total{provider,key_index}. The HELP/TYPE lines come even with no
+ * row. Returns 0, or -ENOMEM / -E2BIG with out->len restored. Pure: any thread. */
+int metrics_render_channels(wipe_buf_t *out, const channels_row_t *rows, size_t n);
 
 /* The most bytes metrics_render can ever append (every slot with a longest name that needs
  * escaping everywhere, every series non-zero with 20-digit values): a safe max for out. */

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "node/channels.h"
 #include "node/errors.h"
 #include "node/log.h"
 #include "node/metering.h"
@@ -41,22 +42,38 @@
 #include "node/usage.h"
 #include "node/util.h"
 #include "node/wipe.h"
+#include "node/xlate_req.h"
+#include "node/xlate_resp.h"
 
 typedef struct endpoint {
     const char *path;     /* client path */
-    const char *upstream; /* suffix appended to the provider's base URL */
+    const char *upstream; /* suffix appended to an OpenAI-type provider's base URL */
     const char *name;     /* endpoint name in the metadata record */
     reqjson_endpoint_t kind;
     metrics_endpoint_t metric;
+    xlate_format_t fmt; /* the client's API: its auth headers, error shape, body format */
+    bool chat;          /* a chat endpoint: any provider type serves it (translation) */
 } endpoint_t;
 
 static const endpoint_t endpoints[] = {
-    {"/v1/chat/completions", "/chat/completions", "chat.completions", REQJSON_CHAT, METRICS_EP_CHAT_COMPLETIONS},
-    {"/v1/completions", "/completions", "completions", REQJSON_COMPLETIONS, METRICS_EP_COMPLETIONS},
-    {"/v1/embeddings", "/embeddings", "embeddings", REQJSON_EMBEDDINGS, METRICS_EP_EMBEDDINGS},
-    {"/v1/responses", "/responses", "responses", REQJSON_RESPONSES, METRICS_EP_RESPONSES},
+    {"/v1/chat/completions", "/chat/completions", "chat.completions", REQJSON_CHAT, METRICS_EP_CHAT_COMPLETIONS,
+     XLATE_OPENAI_CHAT, true},
+    {"/v1/completions", "/completions", "completions", REQJSON_COMPLETIONS, METRICS_EP_COMPLETIONS, XLATE_OPENAI_CHAT,
+     false},
+    {"/v1/embeddings", "/embeddings", "embeddings", REQJSON_EMBEDDINGS, METRICS_EP_EMBEDDINGS, XLATE_OPENAI_CHAT,
+     false},
+    {"/v1/responses", "/responses", "responses", REQJSON_RESPONSES, METRICS_EP_RESPONSES, XLATE_OPENAI_CHAT, false},
+    {"/v1/messages", "/chat/completions", "messages", REQJSON_CHAT, METRICS_EP_MESSAGES, XLATE_ANTHROPIC, true},
 };
-static const endpoint_t models_endpoint = {"/v1/models", NULL, "models", REQJSON_CHAT, METRICS_EP_MODELS};
+static const endpoint_t gemini_endpoint = {"/v1beta/models/", "/chat/completions", "generate_content", REQJSON_CHAT,
+                                           METRICS_EP_GENERATE_CONTENT, XLATE_GEMINI, true};
+static const endpoint_t models_endpoint = {"/v1/models", NULL, "models", REQJSON_CHAT, METRICS_EP_MODELS,
+                                           XLATE_OPENAI_CHAT, false};
+
+/* Channels (provider, upstream key) a request may try, at most. */
+#define RELAY_MAX_CHANNELS 32
+/* Bytes of an upstream error answer kept to classify it and pass it on. */
+#define RELAY_MAX_ERROR_BODY (64 * 1024)
 
 typedef struct relay relay_t;
 
@@ -78,8 +95,29 @@ struct relay {
     snapshot_t *snap;
     const snapshot_key_t *key;
     const snapshot_model_t *model;
-    const snapshot_route_t *route;
+    const snapshot_route_t *route; /* the channel of the current attempt (NULL before the first) */
     const endpoint_t *ep;
+    /* Formats: the client's API, and the current attempt's provider type. translated: the
+     * answer goes through xlate_resp (every case but OpenAI client to OpenAI upstream, which
+     * keeps the lean pass-through path). */
+    xlate_format_t cfmt, ufmt;
+    bool translated, gemini_array;
+    xlate_stream_t *xs;  /* a translated stream */
+    wipe_buf_t whole;    /* a translated whole answer, or an error answer, gathered */
+    wipe_buf_t xout;     /* what one translated event produced */
+    bool err_body;       /* the attempt's answer is an error (>= 400): gathered, then judged */
+    bool xlate_broken;   /* a translated stream ended with the relay's in-stream error */
+    /* Channels: candidates from the model's routes, those tried, the current attempt. */
+    channels_candidate_t cands[RELAY_MAX_CHANNELS];
+    const snapshot_route_t *cand_routes[RELAY_MAX_CHANNELS];
+    size_t n_cands, tried[RELAY_MAX_CHANNELS], n_tried;
+    int cur;
+    channels_ticket_t ticket;
+    bool verdict_due, last_timeout, refused_field;
+    unsigned attempts;
+    uint64_t first_attempt_ms, first_byte_deadline_ms;
+    uint64_t rng;
+    char refusal[160]; /* why a translation was refused (names a field, never content) */
     bool stream_counted; /* counted in the open-streams gauge */
     /* Metering: the reservation (worst case) and the decision that admitted or refused. */
     meter_waiter_t waiter;
@@ -129,6 +167,9 @@ struct relay {
     char request_id[65];
 };
 
+static void record_verdict(relay_t *r, channels_outcome_t o);
+static bool holds_end(const relay_t *r);
+
 /* ---- request helpers ---------------------------------------------------------------- */
 
 static void request_id_for(worker_t *w, h2o_req_t *req, char out[65])
@@ -147,6 +188,16 @@ static void request_id_for(worker_t *w, h2o_req_t *req, char out[65])
     out[32] = '\0';
 }
 
+static const char *trim_token(const char *p, size_t n, size_t *len)
+{
+    while (n > 0 && *p == ' ')
+        p++, n--;
+    while (n > 0 && p[n - 1] == ' ')
+        n--;
+    *len = n;
+    return n > 0 ? p : NULL;
+}
+
 /* The relay key from `Authorization: Bearer`; NULL when absent. */
 static const char *bearer_token(h2o_req_t *req, size_t *len)
 {
@@ -156,14 +207,53 @@ static const char *bearer_token(h2o_req_t *req, size_t *len)
     h2o_iovec_t v = req->headers.entries[i].value;
     if (v.len < 7 || strncasecmp(v.base, "Bearer ", 7) != 0)
         return NULL;
-    const char *p = v.base + 7;
-    size_t n = v.len - 7;
-    while (n > 0 && *p == ' ')
-        p++, n--;
-    while (n > 0 && p[n - 1] == ' ')
-        n--;
-    *len = n;
-    return n > 0 ? p : NULL;
+    return trim_token(v.base + 7, v.len - 7, len);
+}
+
+static const char *header_token(h2o_req_t *req, const char *name, size_t name_len, size_t *len)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, name_len, -1);
+    if (i < 0)
+        return NULL;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    return trim_token(v.base, v.len, len);
+}
+
+/* The value of query parameter name (not decoded: keys and our parameters need none), or
+ * NULL. */
+static const char *query_param(h2o_req_t *req, const char *name, size_t *len)
+{
+    if (req->query_at == SIZE_MAX)
+        return NULL;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            *len = (size_t)(stop - q) - nlen - 1;
+            return q + nlen + 1;
+        }
+        q = stop + 1;
+    }
+    return NULL;
+}
+
+/* The relay key as the client's API passes it: OpenAI `Authorization: Bearer`; Anthropic
+ * `x-api-key` or Bearer; Gemini `x-goog-api-key`, `?key=` or Bearer. NULL when absent. */
+static const char *client_token(h2o_req_t *req, xlate_format_t fmt, size_t *len)
+{
+    const char *t = NULL;
+    if (fmt == XLATE_ANTHROPIC)
+        t = header_token(req, H2O_STRLIT("x-api-key"), len);
+    else if (fmt == XLATE_GEMINI) {
+        t = header_token(req, H2O_STRLIT("x-goog-api-key"), len);
+        if (t == NULL) {
+            const char *q = query_param(req, "key", len);
+            t = q != NULL && *len > 0 ? q : NULL;
+        }
+    }
+    return t != NULL ? t : bearer_token(req, len);
 }
 
 /* Every answer carries the metadata record, errors included. */
@@ -209,39 +299,43 @@ static void log_early(worker_t *w, const char *request_id, const snapshot_key_t 
     record_metrics(w, w->snapshot, model, ep->metric, status, NULL, latency_ms, -1);
 }
 
-static void send_error(h2o_req_t *req, const char *request_id, int status, const char *code, const char *message)
+static void send_error(h2o_req_t *req, xlate_format_t fmt, const char *request_id, int status, const char *code,
+                       const char *message)
 {
-    errors_openai_send(req, status, code, message, request_id);
+    errors_send(req, fmt, status, code, message, request_id);
 }
 
 /* Authenticates the request. Returns the key, or NULL after answering 401/503. */
-static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, const char *request_id)
+static const snapshot_key_t *authenticate(worker_t *w, h2o_req_t *req, xlate_format_t fmt, const char *request_id)
 {
     if (w->snapshot == NULL) {
-        send_error(req, request_id, 503, "unavailable", "the relay has no configuration yet");
+        send_error(req, fmt, request_id, 503, "unavailable", "the relay has no configuration yet");
         return NULL;
     }
     size_t len = 0;
-    const char *token = bearer_token(req, &len);
+    const char *token = client_token(req, fmt, &len);
     if (token == NULL) {
-        send_error(req, request_id, 401, "invalid_api_key",
-                   "Missing API key: pass it in the Authorization header as 'Bearer <key>'.");
+        send_error(req, fmt, request_id, 401, "invalid_api_key",
+                   fmt == XLATE_ANTHROPIC ? "Missing API key: pass it in the x-api-key header."
+                   : fmt == XLATE_GEMINI  ? "Missing API key: pass it in the x-goog-api-key header."
+                                          : "Missing API key: pass it in the Authorization header as 'Bearer <key>'.");
         return NULL;
     }
     uint8_t hash[32];
     util_sha256(token, len, hash);
     const snapshot_key_t *key = snapshot_find_key(w->snapshot, hash);
     if (key == NULL || key->revoked) {
-        send_error(req, request_id, 401, "invalid_api_key", "Incorrect or revoked API key provided.");
+        send_error(req, fmt, request_id, 401, "invalid_api_key", "Incorrect or revoked API key provided.");
         return NULL;
     }
     int64_t now_s = clock_now_ms(w->server->clock) / 1000;
     if (key->grace_until != 0 && key->grace_until <= now_s) {
-        send_error(req, request_id, 401, "invalid_api_key", "This API key was rotated and its grace period is over.");
+        send_error(req, fmt, request_id, 401, "invalid_api_key",
+                   "This API key was rotated and its grace period is over.");
         return NULL;
     }
     if (key->expires_at != 0 && key->expires_at <= now_s) {
-        send_error(req, request_id, 401, "invalid_api_key", "This API key has expired.");
+        send_error(req, fmt, request_id, 401, "invalid_api_key", "This API key has expired.");
         return NULL;
     }
     return key;
@@ -285,6 +379,35 @@ static void add_count_header(h2o_req_t *req, const char *name, int64_t value)
     add_header(req, name, v, n);
 }
 
+/* RFC 3339 UTC time of now_ms + in_ms (Anthropic's reset headers). */
+static void add_reset_time_header(h2o_req_t *req, const char *name, int64_t now_ms, uint64_t in_ms)
+{
+    time_t t = (time_t)((now_ms + (int64_t)in_ms + 999) / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char v[32];
+    size_t n = strftime(v, sizeof(v), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    add_header(req, name, h2o_strdup(&req->pool, v, n).base, n);
+}
+
+/* Anthropic's anthropic-ratelimit-* headers, for the limits the key has. */
+static void add_anthropic_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d, int64_t now_ms)
+{
+    if (d->limit_requests >= 0) {
+        add_count_header(req, "anthropic-ratelimit-requests-limit", d->limit_requests);
+        add_count_header(req, "anthropic-ratelimit-requests-remaining",
+                         d->remaining_requests > 0 ? d->remaining_requests : 0);
+        add_reset_time_header(req, "anthropic-ratelimit-requests-reset", now_ms, d->reset_requests_ms);
+    }
+    if (d->limit_tokens >= 0) {
+        add_count_header(req, "anthropic-ratelimit-tokens-limit", d->limit_tokens);
+        add_count_header(req, "anthropic-ratelimit-tokens-remaining", d->remaining_tokens > 0 ? d->remaining_tokens : 0);
+        add_reset_time_header(req, "anthropic-ratelimit-tokens-reset", now_ms, d->reset_tokens_ms);
+    }
+}
+
+static void add_ratelimit_headers_fmt(worker_t *w, h2o_req_t *req, xlate_format_t fmt, const quota_decision_t *d);
+
 static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
 {
     bool has_req = d->limit_requests >= 0, has_tok = d->limit_tokens >= 0;
@@ -306,40 +429,98 @@ static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
     }
 }
 
+/* The rate-limit headers of the client's API: OpenAI's x-ratelimit-*, Anthropic's
+ * anthropic-ratelimit-*; Gemini has none. */
+static void add_ratelimit_headers_fmt(worker_t *w, h2o_req_t *req, xlate_format_t fmt, const quota_decision_t *d)
+{
+    if (fmt == XLATE_OPENAI_CHAT)
+        add_ratelimit_headers(req, d);
+    else if (fmt == XLATE_ANTHROPIC)
+        add_anthropic_ratelimit_headers(req, d, clock_now_ms(w->server->clock));
+}
+
 /* The headers of an answer to a known key that made no admission (errors, /v1/models). */
-static void add_key_ratelimit_headers(worker_t *w, h2o_req_t *req, const snapshot_key_t *key)
+static void add_key_ratelimit_headers(worker_t *w, h2o_req_t *req, xlate_format_t fmt, const snapshot_key_t *key)
 {
     quota_decision_t d;
     meter_peek(w, key, &d);
-    add_ratelimit_headers(req, &d);
+    add_ratelimit_headers_fmt(w, req, fmt, &d);
 }
 
 /* ---- GET /v1/models ------------------------------------------------------------------ */
 
+/* Appends the literal lit, or the JSON string of s (quoted, escaped) when lit is NULL. */
+static void models_put(char *body, size_t *n, const char *lit, const char *s)
+{
+    if (lit != NULL) {
+        size_t l = strlen(lit);
+        memcpy(body + *n, lit, l);
+        *n += l;
+        return;
+    }
+    body[(*n)++] = '"';
+    for (; *s != '\0'; s++) {
+        /* names are printable (admin API); quote and backslash are escaped */
+        if (*s == '"' || *s == '\\')
+            body[(*n)++] = '\\';
+        body[(*n)++] = *s;
+    }
+    body[(*n)++] = '"';
+}
+
 static void serve_models(worker_t *w, h2o_req_t *req, const snapshot_key_t *key, const char *request_id)
 {
     const snapshot_t *s = w->snapshot;
-    size_t cap = 64;
+    /* Anthropic's shape when the request comes from an Anthropic client (its SDK always
+     * sends anthropic-version). */
+    bool anthropic = h2o_find_header_by_str(&req->headers, H2O_STRLIT("anthropic-version"), -1) >= 0;
+    size_t cap = 256;
     for (size_t i = 0; i < s->n_models; i++)
-        cap += strlen(s->models[i].name) * 2 + strlen(s->models[i].routes[0].provider) * 2 + 96;
+        cap += strlen(s->models[i].name) * 6 + strlen(s->models[i].routes[0].provider) * 2 + 128;
     char *body = h2o_mem_alloc_pool(&req->pool, cap);
-    size_t n = (size_t)snprintf(body, cap, "{\"object\":\"list\",\"data\":[");
-    bool first = true;
+    size_t n = 0;
+    models_put(body, &n, anthropic ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[", NULL);
+    const char *first_id = NULL, *last_id = NULL;
     for (size_t i = 0; i < s->n_models; i++) {
         const snapshot_model_t *m = &s->models[i];
         if (!snapshot_key_allows(key, m->name))
             continue;
-        /* Model and provider names are validated by the admin API to safe characters. */
-        n += (size_t)snprintf(body + n, cap - n,
-                              "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
-                              first ? "" : ",", m->name, m->routes[0].provider);
-        first = false;
+        models_put(body, &n, first_id == NULL ? "{" : ",{", NULL);
+        if (anthropic) {
+            models_put(body, &n, "\"type\":\"model\",\"id\":", NULL);
+            models_put(body, &n, NULL, m->name);
+            models_put(body, &n, ",\"display_name\":", NULL);
+            models_put(body, &n, NULL, m->name);
+            models_put(body, &n, ",\"created_at\":\"1970-01-01T00:00:00Z\"}", NULL);
+        } else {
+            models_put(body, &n, "\"id\":", NULL);
+            models_put(body, &n, NULL, m->name);
+            models_put(body, &n, ",\"object\":\"model\",\"created\":0,\"owned_by\":", NULL);
+            models_put(body, &n, NULL, m->routes[0].provider);
+            models_put(body, &n, "}", NULL);
+        }
+        if (first_id == NULL)
+            first_id = m->name;
+        last_id = m->name;
     }
-    n += (size_t)snprintf(body + n, cap - n, "]}\n");
+    if (!anthropic) {
+        models_put(body, &n, "]}\n", NULL);
+    } else if (first_id == NULL) {
+        models_put(body, &n, "],\"has_more\":false,\"first_id\":null,\"last_id\":null}\n", NULL);
+    } else {
+        models_put(body, &n, "],\"has_more\":false,\"first_id\":", NULL);
+        models_put(body, &n, NULL, first_id);
+        models_put(body, &n, ",\"last_id\":", NULL);
+        models_put(body, &n, NULL, last_id);
+        models_put(body, &n, "}\n", NULL);
+    }
+    assert(n <= cap);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
     add_header(req, "x-request-id", request_id, strlen(request_id));
+    if (anthropic)
+        add_header(req, "request-id", request_id, strlen(request_id));
     h2o_send_inline(req, body, n);
 }
 
@@ -474,6 +655,10 @@ static void relay_maybe_free(relay_t *r)
     if (r->scan != NULL)
         usage_scan_free(r->scan);
     r->scan = NULL;
+    xlate_stream_free(r->xs);
+    r->xs = NULL;
+    wipe_buf_free(&r->whole);
+    wipe_buf_free(&r->xout);
     snapshot_release(r->snap);
     r->snap = NULL;
     free(r->url);
@@ -532,6 +717,8 @@ static void relay_upstream_over(relay_t *r)
     uv_timer_stop(&r->timer);
     r->up = NULL;
     wipe_buf_reset(&r->body);
+    wipe_buf_reset(&r->whole);
+    record_verdict(r, CHANNELS_OUTCOME_CANCELLED); /* an attempt abandoned without one */
 
     if (r->scan != NULL && !r->usage.found) {
         usage_t u;
@@ -571,7 +758,7 @@ static void relay_upstream_over(relay_t *r)
         .key_id = r->key->id,
         .model = r->info.model,
         .endpoint = r->ep->name,
-        .provider = r->route->provider,
+        .provider = r->route != NULL ? r->route->provider : "",
         .status = r->status,
         .input_tokens = u.input_tokens,
         .cached_input_tokens = u.cached_input_tokens,
@@ -637,6 +824,7 @@ static void client_gone(relay_t *r)
     wipe_buf_free(&r->pending);
     wipe_buf_free(&r->inflight);
     wipe_buf_free(&r->tail);
+    wipe_buf_free(&r->xout);
     if (r->settle_held) {
         meter_hold_cancel(r->worker, &r->hold);
         r->settle_held = false;
@@ -721,17 +909,85 @@ static void start_response(relay_t *r, const char *content_type, size_t ct_len)
     if (r->sse)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     add_header(req, "x-request-id", r->request_id, strlen(r->request_id));
+    if (r->cfmt == XLATE_ANTHROPIC)
+        add_header(req, "request-id", r->request_id, strlen(r->request_id));
     if (r->has_decision)
-        add_ratelimit_headers(req, &r->decision);
+        add_ratelimit_headers_fmt(r->worker, req, r->cfmt, &r->decision);
     r->generator.proceed = on_generator_proceed;
     r->generator.stop = on_generator_stop;
     r->started = true;
     h2o_start_response(req, &r->generator);
 }
 
+/* The verdict of the current attempt for its channel's breaker (once per attempt). */
+static void record_verdict(relay_t *r, channels_outcome_t o)
+{
+    if (!r->verdict_due)
+        return;
+    r->verdict_due = false;
+    const channels_candidate_t *c = &r->cands[r->cur];
+    channels_record(r->worker->channels, c->provider, c->key_index, r->ticket, o, uv_now(&r->worker->loop));
+}
+
+static void queue_start(relay_t *r);
+
+/* After a failed attempt: starts the next one (true) when the policy allows, with the
+ * client still there and nothing sent to it yet; the failed answer is wiped. */
+static bool retry_attempt(relay_t *r, channels_outcome_t o)
+{
+    record_verdict(r, o);
+    if (r->req == NULL || r->started)
+        return false;
+    const llmrelay_config_t *cfg = r->worker->server->cfg;
+    channels_retry_t d = channels_should_retry(&cfg->retry_policy, o, false, r->attempts, r->first_attempt_ms,
+                                               uv_now(&r->worker->loop));
+    if (d != CHANNELS_RETRY || r->n_tried >= r->n_cands)
+        return false;
+    log_info("request %s: upstream %s failed (%s), trying another channel", r->request_id, r->route->provider,
+             o == CHANNELS_OUTCOME_TIMEOUT          ? "timeout"
+             : o == CHANNELS_OUTCOME_CONNECT_FAILED ? "no connection"
+                                                    : "status");
+    uv_timer_stop(&r->timer);
+    r->got_first_byte = r->request_sent = r->sse = r->err_body = r->timed_out = false;
+    r->error = 0;
+    r->status = 502;
+    r->ttfb_ms = -1;
+    wipe_buf_reset(&r->whole);
+    wipe_buf_reset(&r->body);
+    sse_parser_dispose(&r->sse_parser);
+    sse_parser_init(&r->sse_parser, RELAY_MAX_EVENT);
+    if (r->scan != NULL)
+        usage_scan_free(r->scan);
+    r->scan = NULL;
+    memset(&r->usage, 0, sizeof(r->usage));
+    r->output_bytes = 0;
+    r->events = 0;
+    free(r->url);
+    r->url = NULL;
+    r->start_pending = true;
+    queue_start(r);
+    return true;
+}
+
 static void on_upstream_sent(void *data)
 {
     ((relay_t *)data)->request_sent = true;
+}
+
+static void usage_from_xlate(const xlate_usage_t *x, usage_t *u)
+{
+    u->found = x->found;
+    u->input_tokens = x->input_tokens;
+    u->cached_input_tokens = x->cached_input_tokens;
+    u->output_tokens = x->output_tokens;
+    u->reasoning_tokens = x->reasoning_tokens;
+}
+
+static channels_format_t channels_format_of(xlate_format_t f)
+{
+    return f == XLATE_ANTHROPIC ? CHANNELS_FORMAT_ANTHROPIC
+           : f == XLATE_GEMINI  ? CHANNELS_FORMAT_GEMINI
+                                : CHANNELS_FORMAT_OPENAI;
 }
 
 static void on_upstream_head(void *data, int status, const char *content_type, size_t ct_len)
@@ -742,13 +998,6 @@ static void on_upstream_head(void *data, int status, const char *content_type, s
     r->last_activity_ms = uv_now(&r->worker->loop);
     r->status = status;
     bool ok = status >= 200 && status < 300;
-    r->sse = ok && content_type != NULL && ct_len >= 17 && strncasecmp(content_type, "text/event-stream", 17) == 0;
-    if (ok && !r->sse)
-        usage_scan_init(&r->scan);
-    if (r->sse) {
-        r->stream_counted = true;
-        metrics_stream_opened(r->worker->metrics);
-    }
     if (!ok && (status >= 500 || status == 429)) {
         const metrics_names_t *names = r->snap->attached;
         if (names != NULL)
@@ -756,14 +1005,93 @@ static void on_upstream_head(void *data, int status, const char *content_type, s
                                           metrics_names_provider(names, r->route->provider, strlen(r->route->provider)),
                                           status == 429 ? METRICS_UPSTREAM_STATUS_429 : METRICS_UPSTREAM_STATUS_5XX);
     }
-    if (r->req != NULL)
-        start_response(r, content_type, ct_len);
+    if (status >= 400) {
+        /* Gathered (bounded) and judged at its end: retried on another channel, or passed on
+         * in the client's shape. */
+        r->err_body = true;
+        return;
+    }
+    record_verdict(r, CHANNELS_OUTCOME_SUCCESS);
+    r->sse = ok && content_type != NULL && ct_len >= 17 && strncasecmp(content_type, "text/event-stream", 17) == 0;
+    if (r->sse) {
+        r->stream_counted = true;
+        metrics_stream_opened(r->worker->metrics);
+    }
+    if (!r->translated) {
+        if (ok && !r->sse)
+            usage_scan_init(&r->scan);
+        if (r->req != NULL)
+            start_response(r, content_type, ct_len);
+        return;
+    }
+    if (!r->sse)
+        return; /* a whole answer: translated and sent at its end */
+    int ret = xlate_stream_new(r->ufmt, r->cfmt, r->info.model, worker_rand(r->worker), r->ts_ms / 1000,
+                               r->client_wants_usage, &r->xs);
+    if (ret != 0) {
+        r->xs = NULL;
+        return; /* no memory: the events are dropped, usage estimated */
+    }
+    if (r->gemini_array)
+        xlate_stream_gemini_array(r->xs);
+    if (r->req != NULL) {
+        if (r->gemini_array)
+            start_response(r, H2O_STRLIT("application/json"));
+        else
+            start_response(r, H2O_STRLIT("text/event-stream"));
+    }
+}
+
+/* In a cluster a metered answer's closing bytes wait with its end for the settle. */
+static bool holds_end(const relay_t *r)
+{
+    return atomic_load(&r->worker->server->clustered) && r->admitted && snapshot_key_metered(r->key);
+}
+
+/* Passes what a translated event produced on: to the tail when it closed the answer and the
+ * end is held, else to pending. */
+static int put_translated(relay_t *r)
+{
+    int err = 0;
+    if (r->req != NULL && r->xout.len > 0) {
+        bool closing = r->xs != NULL && xlate_stream_ended(r->xs) && holds_end(r);
+        err = wipe_buf_append(closing ? &r->tail : &r->pending, r->xout.data, r->xout.len);
+    }
+    wipe_buf_reset(&r->xout);
+    return err;
 }
 
 static int on_sse_event(void *data, const sse_event_t *ev)
 {
     relay_t *r = data;
     bool forward = true;
+    if (r->translated) {
+        if (!ev->has_data || ev->data_len == 0)
+            return 0;
+        r->output_bytes += ev->data_len;
+        r->events++;
+        if (r->xs == NULL)
+            return 0;
+        int ret = xlate_stream_event(r->xs, (const char *)ev->name, ev->name_len, ev->data, ev->data_len, &r->xout);
+        if (ret == -EINVAL && !r->xlate_broken) {
+            /* An upstream event the relay cannot read: the client gets its API's in-stream
+             * error and the rest of the upstream stream is only read for usage. */
+            r->xlate_broken = true;
+            wipe_buf_reset(&r->xout);
+            log_info("request %s: upstream %s sent a stream event that cannot be translated", r->request_id,
+                     r->route->provider);
+            ret = xlate_stream_fail(r->xs, 502, "The upstream provider sent a malformed stream event.", &r->xout);
+        }
+        xlate_usage_t xu;
+        xlate_stream_usage(r->xs, &xu);
+        if (xu.found)
+            usage_from_xlate(&xu, &r->usage);
+        if (ret != 0) {
+            wipe_buf_reset(&r->xout);
+            return ret;
+        }
+        return put_translated(r);
+    }
     if (ev->has_data && ev->data_len > 0 && !(ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)) {
         usage_t u;
         if (r->ep->kind == REQJSON_RESPONSES) {
@@ -782,8 +1110,7 @@ static int on_sse_event(void *data, const sse_event_t *ev)
     }
     if (forward && r->req != NULL) {
         /* In a cluster the closing [DONE] waits with the response's end for the settle. */
-        bool closing = ev->has_data && ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0 &&
-                       atomic_load(&r->worker->server->clustered) && r->admitted && snapshot_key_metered(r->key);
+        bool closing = ev->has_data && ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0 && holds_end(r);
         return wipe_buf_append(closing ? &r->tail : &r->pending, ev->raw, ev->raw_len) == 0 ? 0 : -ENOMEM;
     }
     return 0;
@@ -799,20 +1126,35 @@ static bool on_upstream_writable(void *data)
     return true;
 }
 
+/* Appends body bytes to out up to limit; false when they did not fit. */
+static bool gather(wipe_buf_t *out, const uint8_t *buf, size_t len, size_t limit)
+{
+    if (out->len + len > limit)
+        return false;
+    return wipe_buf_append(out, buf, len) == 0;
+}
+
 static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
 {
     relay_t *r = data;
     r->last_activity_ms = uv_now(&r->worker->loop);
     r->in_upstream_cb = true;
     int err = 0;
-    if (r->sse) {
+    if (r->err_body) {
+        size_t room = RELAY_MAX_ERROR_BODY - r->whole.len;
+        (void)gather(&r->whole, buf, len < room ? len : room, RELAY_MAX_ERROR_BODY);
+    } else if (r->sse) {
         err = sse_parser_feed(&r->sse_parser, buf, len, on_sse_event, r);
+    } else if (r->translated) {
+        /* A whole answer is held (bounded by --max-body) and translated at its end. */
+        r->output_bytes += len;
+        if (!gather(&r->whole, buf, len, (size_t)r->worker->server->cfg->max_body))
+            err = -E2BIG;
     } else {
         if (r->scan != NULL)
             usage_scan_feed(r->scan, buf, len);
         r->output_bytes += len;
-        if (r->req != NULL && len > 0 && atomic_load(&r->worker->server->clustered) && r->admitted &&
-            snapshot_key_metered(r->key)) {
+        if (r->req != NULL && len > 0 && holds_end(r)) {
             /* In a cluster the body's last byte waits with its end for the settle: h2o ends a
              * stream by itself once content-length bytes went out. */
             err = wipe_buf_append(&r->pending, r->tail.data, r->tail.len);
@@ -828,11 +1170,67 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
     queue_flush(r);
     r->in_upstream_cb = false;
     if (err != 0)
-        return err; /* an event over RELAY_MAX_EVENT or no memory: stop the upstream */
+        return err; /* an event over RELAY_MAX_EVENT, an answer over --max-body, no memory */
     /* A client that left: once the usage is known there is nothing more to learn. */
     if (r->req == NULL && r->usage.found)
         return 1;
     return 0;
+}
+
+/* Sends a whole body the relay made (translated answer, error): head now, the body through
+ * pending so that a cluster's hold of the last byte applies. */
+static void send_whole(relay_t *r, const uint8_t *body, size_t len)
+{
+    r->sse = false;
+    start_response(r, H2O_STRLIT("application/json"));
+    int err = 0;
+    if (len > 0 && holds_end(r) && r->admitted) {
+        err = wipe_buf_append(&r->pending, body, len - 1);
+        if (err == 0)
+            err = wipe_buf_append(&r->tail, body + len - 1, 1);
+    } else if (len > 0) {
+        err = wipe_buf_append(&r->pending, body, len);
+    }
+    if (err != 0)
+        r->error = err;
+}
+
+/* The client's answer when no channel gave a usable one: the last upstream error answer in
+ * the client's shape, or 502/504/503 of the relay's own. */
+static void answer_failure(relay_t *r, int pick)
+{
+    if (r->err_body) {
+        /* an upstream error answer: its status kept, its body in the client's shape */
+        wipe_buf_t out;
+        wipe_buf_init(&out, RELAY_MAX_ERROR_BODY * 2 + 4096);
+        if (xlate_error(r->ufmt, r->cfmt, r->status, r->whole.data, r->whole.len, &out) == 0) {
+            r->final_sent = false;
+            send_whole(r, out.data, out.len);
+            wipe_buf_free(&out);
+            return;
+        }
+        wipe_buf_free(&out);
+    }
+    r->final_sent = true;
+    if (r->has_decision)
+        add_ratelimit_headers_fmt(r->worker, r->req, r->cfmt, &r->decision);
+    if (r->attempts == 0 && r->refused_field) {
+        r->status = 400;
+        send_error(r->req, r->cfmt, r->request_id, 400, "invalid_request", r->refusal);
+    } else if (r->attempts == 0 && pick == -EAGAIN) {
+        r->status = 503;
+        send_error(r->req, r->cfmt, r->request_id, 503, "upstream_error",
+                   "Every upstream channel of this model is failing; retry later.");
+    } else if (r->attempts == 0) {
+        r->status = 503;
+        send_error(r->req, r->cfmt, r->request_id, 503, "upstream_error",
+                   "No provider of a supported type serves this model.");
+    } else {
+        r->status = r->last_timeout ? 504 : 502;
+        send_error(r->req, r->cfmt, r->request_id, r->status, r->last_timeout ? "upstream_timeout" : "upstream_error",
+                   r->last_timeout ? "The upstream provider did not answer in time."
+                                   : "The upstream provider could not be reached.");
+    }
 }
 
 static void on_upstream_done(void *data, int error)
@@ -840,7 +1238,7 @@ static void on_upstream_done(void *data, int error)
     relay_t *r = data;
     r->up = NULL;
     r->error = error;
-    if (r->sse && r->req != NULL)
+    if (r->sse && (r->req != NULL || r->translated))
         sse_parser_finish(&r->sse_parser, on_sse_event, r);
     const metrics_names_t *names = r->snap->attached;
     if (error != 0 && error != -ECANCELED && names != NULL)
@@ -850,22 +1248,78 @@ static void on_upstream_done(void *data, int error)
                                       : !r->got_first_byte           ? METRICS_UPSTREAM_CONNECT
                                                                      : METRICS_UPSTREAM_PROTOCOL);
     if (!r->got_first_byte && r->req != NULL) {
-        /* Nothing came back: answer in OpenAI's shape. */
+        /* Nothing came back: another channel, or the relay's own error. */
         bool timeout = error == -ETIMEDOUT || r->timed_out;
-        r->status = timeout ? 504 : 502;
-        r->final_sent = true;
         log_info("request %s: upstream %s failed: %s", r->request_id, r->route->provider,
                  timeout ? "timed out" : strerror(-error));
-        if (r->has_decision)
-            add_ratelimit_headers(r->req, &r->decision);
-        send_error(r->req, r->request_id, r->status, timeout ? "upstream_timeout" : "upstream_error",
-                   timeout ? "The upstream provider did not answer in time."
-                           : "The upstream provider could not be reached.");
+        r->last_timeout = timeout;
+        if (retry_attempt(r, timeout ? CHANNELS_OUTCOME_TIMEOUT : CHANNELS_OUTCOME_CONNECT_FAILED))
+            return;
+        r->error = 0;
+        answer_failure(r, 0);
     } else if (!r->got_first_byte) {
+        record_verdict(r, CHANNELS_OUTCOME_CANCELLED);
         r->status = 499; /* the client left before the upstream answered */
-    } else if (error == -ECANCELED && r->req == NULL && r->usage.found) {
-        r->error = 0; /* stopped reading on purpose once the usage was known */
+    } else if (r->err_body) {
+        channels_class_t cls = channels_classify(r->status, channels_format_of(r->ufmt), r->whole.data, r->whole.len);
+        r->last_timeout = false;
+        if (retry_attempt(r, channels_outcome_of_http(r->status, cls)))
+            return;
+        r->error = 0;
+        if (r->req != NULL)
+            answer_failure(r, 0);
+    } else {
+        if (error != 0 && !(error == -ECANCELED && r->req == NULL)) {
+            /* after its SUCCESS verdict, the channel's body broke: counted once more */
+            const channels_candidate_t *c = &r->cands[r->cur];
+            channels_record(r->worker->channels, c->provider, c->key_index, r->ticket, CHANNELS_OUTCOME_BROKEN,
+                            uv_now(&r->worker->loop));
+        }
+        if (error == -ECANCELED && r->req == NULL && r->usage.found)
+            r->error = 0; /* stopped reading on purpose once the usage was known */
+        if (r->translated && r->sse && r->xs != NULL) {
+            if (r->error == 0 || r->req != NULL) {
+                int ret = r->error == 0 ? xlate_stream_finish(r->xs, &r->xout)
+                                        : xlate_stream_fail(r->xs, 502, "The upstream stream broke off.", &r->xout);
+                if (ret == -EPIPE || r->error != 0)
+                    r->xlate_broken = true;
+                if (put_translated(r) != 0)
+                    r->error = -ENOMEM;
+            }
+            if (r->xlate_broken && r->req != NULL)
+                r->error = 0; /* the client's API has said so in the stream; end it cleanly */
+        } else if (r->translated && !r->sse && r->req != NULL) {
+            /* A whole answer, translated now. */
+            xlate_usage_t xu;
+            char err[160];
+            wipe_buf_t out;
+            wipe_buf_init(&out, (size_t)r->worker->server->cfg->max_body * 2 + 4096);
+            int ret = r->error == 0 ? xlate_response(r->ufmt, r->cfmt, r->whole.data, r->whole.len, r->info.model,
+                                                     worker_rand(r->worker), r->ts_ms / 1000, &out, &xu, err,
+                                                     sizeof(err))
+                                    : -EIO;
+            if (ret == 0) {
+                usage_from_xlate(&xu, &r->usage);
+                send_whole(r, out.data, out.len);
+            } else {
+                if (r->error == 0 && xlate_usage_of(r->ufmt, r->whole.data, r->whole.len, &xu) == 0 && xu.found)
+                    usage_from_xlate(&xu, &r->usage);
+                log_info("request %s: the answer of upstream %s could not be translated (%s)", r->request_id,
+                         r->route->provider, ret == -EIO ? "incomplete" : ret == -E2BIG ? "too large" : "malformed");
+                r->final_sent = true;
+                r->status = 502;
+                send_error(r->req, r->cfmt, r->request_id, 502, "upstream_error",
+                           "The upstream provider's answer could not be read.");
+            }
+            r->error = 0;
+            wipe_buf_free(&out);
+        } else if (r->translated && !r->sse) {
+            xlate_usage_t xu;
+            if (xlate_usage_of(r->ufmt, r->whole.data, r->whole.len, &xu) == 0 && xu.found)
+                usage_from_xlate(&xu, &r->usage);
+        }
     }
+    wipe_buf_reset(&r->whole);
     relay_upstream_over(r);
     flush(r);
     relay_maybe_free(r);
@@ -887,7 +1341,7 @@ static void relay_fail(relay_t *r, int status, const char *code, const char *mes
 {
     r->status = status;
     r->final_sent = true;
-    send_error(r->req, r->request_id, status, code, message);
+    send_error(r->req, r->cfmt, r->request_id, status, code, message);
     relay_upstream_over(r);
 }
 
@@ -940,11 +1394,13 @@ static void on_timer(uv_timer_t *t)
         cancel_transfer(r, false);
         return;
     }
+    if (r->start_pending)
+        return; /* between attempts: the next one starts its own timer */
     if (!r->got_first_byte) {
-        uint64_t deadline = r->start_ms_upstream + cfg->upstream_first_byte_timeout_ms;
+        uint64_t deadline = r->first_byte_deadline_ms;
         if (now >= deadline) {
             log_info("request %s: no first byte from %s within %llu ms", r->request_id, r->route->provider,
-                     (unsigned long long)cfg->upstream_first_byte_timeout_ms);
+                     (unsigned long long)(deadline - r->start_ms_upstream));
             cancel_transfer(r, true);
             return;
         }
@@ -963,8 +1419,7 @@ static void on_timer(uv_timer_t *t)
     }
     if (r->req == NULL && r->drain_deadline_ms != 0 && r->drain_deadline_ms - now < next)
         next = r->drain_deadline_ms - now;
-    if (r->sse && r->got_first_byte && r->admitted && snapshot_key_metered(r->key) &&
-        atomic_load(&r->worker->server->clustered)) {
+    if (r->sse && r->got_first_byte && holds_end(r)) {
         /* A long stream settles what it has delivered every second, so that the owner bills
          * it at that if this node dies: every content event counts one output token (a
          * lower bound: an event carries at least one), the first (role) event none. */
@@ -986,37 +1441,46 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- starting a relay ------------------------------------------------------------------ */
 
-static const snapshot_route_t *choose_route(worker_t *w, const snapshot_model_t *m)
+static xlate_format_t format_of_type(const char *type)
 {
-    /* Highest priority first; weighted choice among the routes sharing it. Only OpenAI-type
-     * providers are served by this node version. */
-    int best = 0;
-    bool any = false;
-    uint64_t total = 0;
+    return strcmp(type, "anthropic") == 0 ? XLATE_ANTHROPIC
+           : strcmp(type, "gemini") == 0  ? XLATE_GEMINI
+                                          : XLATE_OPENAI_CHAT;
+}
+
+static bool type_known(const char *type)
+{
+    return strcmp(type, "openai") == 0 || strcmp(type, "anthropic") == 0 || strcmp(type, "gemini") == 0;
+}
+
+/* The channels that may serve a request of endpoint ep for model m: every upstream key of
+ * every route whose provider type can serve it (any type for a chat endpoint, through
+ * translation; OpenAI only for completions, embeddings and responses). */
+static size_t build_candidates(relay_t *r, const snapshot_model_t *m, const endpoint_t *ep)
+{
+    /* r NULL: count only */
+    size_t n = 0;
     for (size_t i = 0; i < m->n_routes; i++) {
         const snapshot_route_t *rt = &m->routes[i];
-        if (strcmp(rt->type, "openai") != 0 || rt->n_api_keys == 0)
+        if (!type_known(rt->type) || (!ep->chat && strcmp(rt->type, "openai") != 0))
             continue;
-        if (!any || rt->priority > best) {
-            best = rt->priority;
-            total = 0;
-            any = true;
+        for (size_t k = 0; k < rt->n_api_keys && n < RELAY_MAX_CHANNELS; k++) {
+            if (r == NULL) {
+                n++;
+                continue;
+            }
+            r->cands[n] = (channels_candidate_t){
+                .provider = rt->provider,
+                .key_index = (uint32_t)k,
+                .route = (uint32_t)i,
+                .priority = rt->priority,
+                .weight = rt->weight > 0 ? (uint32_t)rt->weight : 1,
+            };
+            r->cand_routes[n] = rt;
+            n++;
         }
-        if (rt->priority == best)
-            total += (uint64_t)rt->weight;
     }
-    if (!any)
-        return NULL;
-    uint64_t pick = worker_rand(w) % total;
-    for (size_t i = 0; i < m->n_routes; i++) {
-        const snapshot_route_t *rt = &m->routes[i];
-        if (strcmp(rt->type, "openai") != 0 || rt->n_api_keys == 0 || rt->priority != best)
-            continue;
-        if (pick < (uint64_t)rt->weight)
-            return rt;
-        pick -= (uint64_t)rt->weight;
-    }
-    return NULL;
+    return n;
 }
 
 static const upstream_cbs_t upstream_callbacks = {
@@ -1027,18 +1491,89 @@ static const upstream_cbs_t upstream_callbacks = {
     .on_done = on_upstream_done,
 };
 
-static int start_upstream(relay_t *r)
+/* The current channel's URL: OpenAI <base><endpoint suffix>, Anthropic <base>/v1/messages,
+ * Gemini <base>/v1beta/models/<model>:generateContent or :streamGenerateContent?alt=sse
+ * (the model percent-encoded but for RFC 3986's unreserved characters). */
+static int build_url(relay_t *r)
 {
-    size_t blen = strlen(r->route->base_url), plen = strlen(r->ep->upstream);
-    r->url = malloc(blen + plen + 1);
+    const snapshot_route_t *rt = r->route;
+    const char *a = rt->base_url, *b = "", *c = "";
+    if (r->ufmt == XLATE_OPENAI_CHAT) {
+        b = r->ep->upstream;
+    } else if (r->ufmt == XLATE_ANTHROPIC) {
+        b = "/v1/messages";
+    } else {
+        b = "/v1beta/models/";
+        c = r->info.stream ? ":streamGenerateContent?alt=sse" : ":generateContent";
+    }
+    const char *model = r->ufmt == XLATE_GEMINI ? rt->upstream_model : "";
+    size_t la = strlen(a), lb = strlen(b), lm = strlen(model), lc = strlen(c);
+    r->url = malloc(la + lb + 3 * lm + lc + 1);
     if (r->url == NULL)
         return -ENOMEM;
-    memcpy(r->url, r->route->base_url, blen);
-    memcpy(r->url + blen, r->ep->upstream, plen + 1);
-    uint64_t pick = worker_rand(r->worker);
+    char *p = r->url;
+    memcpy(p, a, la);
+    p += la;
+    memcpy(p, b, lb);
+    p += lb;
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < lm; i++) {
+        unsigned char ch = (unsigned char)model[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+            ch == '.' || ch == '_' || ch == '~') {
+            *p++ = (char)ch;
+        } else {
+            *p++ = '%';
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 15];
+        }
+    }
+    memcpy(p, c, lc + 1);
+    return 0;
+}
+
+/* The current channel's request body, from the client's: OpenAI to OpenAI is rewritten in
+ * place (model alias, stream usage, store, max tokens); every other pair is translated.
+ * -EINVAL: this channel's format cannot express the request (r->refusal says which field). */
+static int build_body(relay_t *r)
+{
+    h2o_req_t *req = r->req;
+    const endpoint_t *ep = r->ep;
+    const reqjson_info_t *info = &r->info;
+    r->refusal[0] = '\0';
+    wipe_buf_reset(&r->body);
+    r->translated = !(r->cfmt == XLATE_OPENAI_CHAT && r->ufmt == XLATE_OPENAI_CHAT);
+    if (!r->translated) {
+        reqjson_rewrite_t rw = {
+            .model = r->route->upstream_model,
+            .include_usage = info->stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
+            .store_false_by_default = ep->kind == REQJSON_RESPONSES,
+            .default_max_output_tokens = r->force_max_output,
+            .info = info,
+        };
+        /* With the inspection's spans, the rewrite splices its edits into a copy of the body
+         * (no second parse); a body that needs none goes up as it came. */
+        return reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body,
+                               r->refusal, sizeof(r->refusal));
+    }
+    return xlate_request(r->cfmt, r->ufmt, (const uint8_t *)req->entity.base, req->entity.len,
+                         r->route->upstream_model, r->force_max_output,
+                         (int64_t)r->worker->server->cfg->default_max_output_tokens, info->stream, &r->body, NULL,
+                         r->refusal, sizeof(r->refusal));
+}
+
+static int start_upstream(relay_t *r)
+{
+    int ret = build_url(r);
+    if (ret != 0)
+        return ret;
+    const snapshot_route_t *rt = r->route;
     upstream_request_t ureq = {
         .url = r->url,
-        .api_key = r->route->api_keys[pick % r->route->n_api_keys],
+        .api_key = rt->api_keys[r->cands[r->cur].key_index],
+        .auth = r->ufmt == XLATE_ANTHROPIC ? UPSTREAM_AUTH_ANTHROPIC
+                : r->ufmt == XLATE_GEMINI  ? UPSTREAM_AUTH_GEMINI
+                                           : UPSTREAM_AUTH_BEARER,
         .stream = r->info.stream,
         .body = r->body.data,
         .body_len = r->body.len,
@@ -1046,20 +1581,96 @@ static int start_upstream(relay_t *r)
     return upstream_start(r->worker, &ureq, &upstream_callbacks, r, &r->up);
 }
 
-static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const char *request_id, int64_t ts_ms,
-                        uint64_t start_ms)
+/* The client's body, inspected: model, stream, max output, prompt bytes. OpenAI bodies by
+ * reqjson (whose spans the rewrite reuses); Anthropic and Gemini bodies by the translator's
+ * parser (a normalising copy into a scratch buffer, then wiped), Gemini's model and stream
+ * coming from the URL. 0 or -EINVAL (err says why) or -ENOMEM. */
+static int inspect_body(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const char *gemini_model,
+                        size_t gemini_model_len, bool gemini_stream, reqjson_info_t *info, char *err, size_t errlen)
+{
+    if (ep->fmt == XLATE_OPENAI_CHAT)
+        return reqjson_inspect(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, info, err, errlen);
+    memset(info, 0, sizeof(*info));
+    xlate_req_info_t xi;
+    wipe_buf_t scratch;
+    wipe_buf_init(&scratch, (size_t)w->server->cfg->max_body * 2 + 4096);
+    int ret = xlate_request(ep->fmt, ep->fmt, (const uint8_t *)req->entity.base, req->entity.len, "", 0,
+                            (int64_t)w->server->cfg->default_max_output_tokens, gemini_stream, &scratch, &xi, err,
+                            errlen);
+    wipe_buf_free(&scratch);
+    if (ret == -E2BIG) {
+        snprintf(err, errlen, "The request body is too large.");
+        return -EINVAL;
+    }
+    if (ret != 0)
+        return ret;
+    if (ep->fmt == XLATE_GEMINI) {
+        memcpy(info->model, gemini_model, gemini_model_len);
+        info->model[gemini_model_len] = '\0';
+        info->stream = gemini_stream;
+    } else {
+        snprintf(info->model, sizeof(info->model), "%s", xi.model);
+        info->stream = xi.stream;
+    }
+    info->has_model = true;
+    info->include_usage = -1;
+    info->store = -1;
+    info->max_output_tokens = xi.max_output_tokens;
+    info->prompt_bytes = xi.prompt_bytes;
+    return 0;
+}
+
+/* What the URL of a Gemini request says: /v1beta/models/{model}:generateContent or
+ * :streamGenerateContent (?alt=sse for SSE, else the JSON-array stream). */
+typedef struct gemini_call {
+    const char *model;
+    size_t model_len;
+    bool stream, sse;
+} gemini_call_t;
+
+static bool parse_gemini_path(h2o_req_t *req, gemini_call_t *g)
+{
+    h2o_iovec_t path = req->path_normalized;
+    size_t plen = strlen(gemini_endpoint.path);
+    if (path.len <= plen || memcmp(path.base, gemini_endpoint.path, plen) != 0)
+        return false;
+    const char *m = path.base + plen, *end = path.base + path.len;
+    const char *colon = memchr(m, ':', (size_t)(end - m));
+    if (colon == NULL || colon == m || (size_t)(colon - m) > REQJSON_MODEL_MAX)
+        return false;
+    for (const char *p = m; p < colon; p++)
+        if ((unsigned char)*p <= 0x20 || *p == '/' || *p == '"' || *p == '\\' || (unsigned char)*p >= 0x7f)
+            return false;
+    h2o_iovec_t method = h2o_iovec_init(colon + 1, (size_t)(end - colon - 1));
+    if (h2o_memis(method.base, method.len, H2O_STRLIT("generateContent")))
+        g->stream = false;
+    else if (h2o_memis(method.base, method.len, H2O_STRLIT("streamGenerateContent")))
+        g->stream = true;
+    else
+        return false;
+    g->model = m;
+    g->model_len = (size_t)(colon - m);
+    size_t alen = 0;
+    const char *alt = query_param(req, "alt", &alen);
+    g->sse = alt != NULL && alen == 3 && memcmp(alt, "sse", 3) == 0;
+    return true;
+}
+
+static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const gemini_call_t *gc,
+                        const char *request_id, int64_t ts_ms, uint64_t start_ms)
 {
     const llmrelay_config_t *cfg = w->server->cfg;
-    const snapshot_key_t *key = authenticate(w, req, request_id);
+    const xlate_format_t fmt = ep->fmt;
+    const snapshot_key_t *key = authenticate(w, req, fmt, request_id);
     if (key == NULL) {
         log_early(w, request_id, NULL, NULL, ep, 401, ts_ms, start_ms);
         return;
     }
 #define REFUSE(status, code, msg)                                                                                      \
     do {                                                                                                               \
-        add_key_ratelimit_headers(w, req, key);                                                                        \
-        send_error(req, request_id, status, code, msg);                                                                \
-        log_early(w, request_id, key, model_found, ep, status, ts_ms, start_ms);                                  \
+        add_key_ratelimit_headers(w, req, fmt, key);                                                                   \
+        send_error(req, fmt, request_id, status, code, msg);                                                           \
+        log_early(w, request_id, key, model_found, ep, status, ts_ms, start_ms);                                       \
         return;                                                                                                        \
     } while (0)
     const snapshot_model_t *model_found = NULL;
@@ -1070,7 +1681,11 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
 
     reqjson_info_t info;
     char err[160];
-    if (reqjson_inspect(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &info, err, sizeof(err)) != 0)
+    int ret = inspect_body(w, req, ep, gc != NULL ? gc->model : NULL, gc != NULL ? gc->model_len : 0,
+                           gc != NULL && gc->stream, &info, err, sizeof(err));
+    if (ret == -ENOMEM)
+        REFUSE(503, "unavailable", "The relay is out of memory.");
+    if (ret != 0)
         REFUSE(400, "invalid_request", err);
     const snapshot_model_t *model = snapshot_find_model(w->snapshot, info.model, strlen(info.model));
     if (model == NULL)
@@ -1078,13 +1693,17 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     model_found = model;
     if (!snapshot_key_allows(key, model->name))
         REFUSE(403, "model_not_allowed", "This API key may not use this model.");
-    const snapshot_route_t *route = choose_route(w, model);
-    if (route == NULL)
-        REFUSE(503, "upstream_error", "No provider of a supported type serves this model.");
 
+    if (build_candidates(NULL, model, ep) == 0) {
+        if (!ep->chat)
+            REFUSE(400, "invalid_request",
+                   "This endpoint is not available for this model: none of its providers serves it natively.");
+        REFUSE(503, "upstream_error", "No provider of a supported type serves this model.");
+    }
     relay_t *r = relay_alloc(w);
     if (r == NULL)
         REFUSE(503, "unavailable", "The relay is out of memory.");
+    r->n_cands = build_candidates(r, model, ep);
     r->worker = w;
     r->req = req;
     r->conn = req->conn;
@@ -1093,14 +1712,16 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     snapshot_retain(r->snap);
     r->key = key;
     r->model = model;
-    r->route = route;
     r->ep = ep;
+    r->cfmt = fmt;
+    r->gemini_array = gc != NULL && gc->stream && !gc->sse;
     r->info = info;
     r->client_wants_usage = info.include_usage == 1;
     r->ts_ms = ts_ms;
     r->start_ms = start_ms;
     r->ttfb_ms = -1;
     r->status = 502;
+    r->rng = worker_rand(w);
     memcpy(r->request_id, request_id, strlen(request_id) + 1);
     {
         uint8_t *kept = r->body.data; /* a cached relay's (wiped) body buffer */
@@ -1112,6 +1733,8 @@ static void start_relay(worker_t *w, h2o_req_t *req, const endpoint_t *ep, const
     wipe_buf_init(&r->pending, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
     wipe_buf_init(&r->inflight, RELAY_PAUSE_AT + RELAY_MAX_EVENT + 64 * 1024);
     wipe_buf_init(&r->tail, RELAY_MAX_EVENT);
+    wipe_buf_init(&r->whole, (size_t)cfg->max_body + RELAY_MAX_ERROR_BODY);
+    wipe_buf_init(&r->xout, 2 * RELAY_MAX_EVENT + XLATE_RESP_MAX_TOOL_ARGS + 64 * 1024);
     sse_parser_init(&r->sse_parser, RELAY_MAX_EVENT);
     r->link = h2o_mem_alloc_shared(&req->pool, sizeof(relay_link_t), on_link_dispose);
     r->link->relay = r;
@@ -1161,7 +1784,7 @@ static void refuse_quota(relay_t *r, const quota_decision_t *d)
         h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
                        h2o_strdup(&r->req->pool, v, n).base, n);
     }
-    add_ratelimit_headers(r->req, d);
+    add_ratelimit_headers_fmt(r->worker, r->req, r->cfmt, d);
     const char *msg = d->kind == QUOTA_BUDGET_EXHAUSTED
                           ? "You exceeded your current quota: this key's budget is spent."
                       : d->reason == QUOTA_REASON_RESERVED
@@ -1177,7 +1800,6 @@ static void refuse_quota(relay_t *r, const quota_decision_t *d)
 /* The admission's outcome: go on with the upstream request, or refuse. */
 static void relay_admitted(relay_t *r, const quota_decision_t *d)
 {
-    h2o_req_t *req = r->req;
     r->decision = *d;
     r->has_decision = true;
     if (d->kind != QUOTA_ADMIT) {
@@ -1185,32 +1807,12 @@ static void relay_admitted(relay_t *r, const quota_decision_t *d)
         return;
     }
     r->admitted = true;
-    const endpoint_t *ep = r->ep;
-    const reqjson_info_t *info = &r->info;
-    char err[160];
-    reqjson_rewrite_t rw = {
-        .model = r->route->upstream_model,
-        .include_usage = info->stream && (ep->kind == REQJSON_CHAT || ep->kind == REQJSON_COMPLETIONS),
-        .store_false_by_default = ep->kind == REQJSON_RESPONSES,
-        .default_max_output_tokens = r->force_max_output,
-        .info = info,
-    };
-    /* With the inspection's spans, the rewrite splices its edits into a copy of the body
-     * (no second parse); a body that needs none goes up as it came. */
-    int ret = reqjson_rewrite(ep->kind, (const uint8_t *)req->entity.base, req->entity.len, &rw, &r->body, err,
-                              sizeof(err));
-    if (ret != 0) {
-        relay_fail(r, ret == -EINVAL ? 400 : 503, ret == -EINVAL ? "invalid_request" : "unavailable",
-                   ret == -EINVAL ? err : "The relay is out of memory.");
-        return;
-    }
     /* The upstream request starts once this loop iteration has read everything it polled
      * (the worker's check handle): a stream the client resets in the same packet (HTTP/2
      * Rapid Reset) is gone by then and costs the upstream nothing. */
     r->start_pending = true;
     queue_start(r);
 }
-
 
 static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d)
 {
@@ -1220,19 +1822,73 @@ static void on_quota_resolved(meter_waiter_t *waiter, const quota_decision_t *d)
     relay_admitted(r, d);
 }
 
-/* Starts the upstream request (from the worker's check handle, after the loop iteration's
- * I/O in which the request was admitted). */
+/* Starts the next attempt (from the worker's check handle, after the loop iteration's
+ * I/O in which the request was admitted or the previous attempt failed): the breakers
+ * pick a channel among those not tried yet, its body is made in its provider's format,
+ * and the request leaves with a first-byte timeout capped by the retry budget. */
 static void begin_upstream(relay_t *r)
 {
     r->start_pending = false;
-    int ret = start_upstream(r);
-    if (ret != 0) {
-        log_warn("request %s: cannot start the upstream request: %s", r->request_id, strerror(-ret));
-        relay_fail(r, 503, "unavailable", "The relay could not start the upstream request.");
+    worker_t *w = r->worker;
+    const llmrelay_config_t *cfg = w->server->cfg;
+    for (;;) {
+        uint64_t now = uv_now(&w->loop), retry_after = 0;
+        int c = channels_pick(w->channels, r->cands, r->n_cands, r->tried, r->n_tried, now, &r->rng, &r->ticket,
+                              &retry_after);
+        if (c < 0) {
+            if (c == -EAGAIN && r->attempts == 0 && !r->err_body) {
+                char v[24];
+                size_t n = (size_t)snprintf(v, sizeof(v), "%llu", (unsigned long long)((retry_after + 999) / 1000));
+                h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                               h2o_strdup(&r->req->pool, v, n).base, n);
+            }
+            answer_failure(r, c);
+            relay_upstream_over(r);
+            flush(r);
+            return;
+        }
+        r->tried[r->n_tried++] = (size_t)c;
+        r->cur = c;
+        r->route = r->cand_routes[c];
+        r->ufmt = format_of_type(r->route->type);
+        r->verdict_due = true;
+        int ret = build_body(r);
+        if (ret == -EINVAL) {
+            /* this channel's format cannot carry the request faithfully: another may */
+            record_verdict(r, CHANNELS_OUTCOME_CANCELLED);
+            r->refused_field = true;
+            if (r->attempts == 0)
+                continue;
+            r->status = 400;
+            r->err_body = false;
+            answer_failure(r, -ENOENT);
+            relay_upstream_over(r);
+            flush(r);
+            return;
+        }
+        if (ret == 0) {
+            if (r->attempts == 0)
+                r->first_attempt_ms = now;
+            r->attempts++;
+            r->err_body = false;
+            wipe_buf_reset(&r->whole);
+            ret = start_upstream(r);
+        }
+        if (ret != 0) {
+            record_verdict(r, CHANNELS_OUTCOME_CANCELLED);
+            log_warn("request %s: cannot start the upstream request: %s", r->request_id, strerror(-ret));
+            relay_fail(r, 503, "unavailable", "The relay could not start the upstream request.");
+            return;
+        }
+        r->start_ms_upstream = now;
+        uint64_t timeout = cfg->upstream_first_byte_timeout_ms;
+        uint64_t left = channels_budget_left_ms(&cfg->retry_policy, r->first_attempt_ms, now);
+        if (r->attempts > 1 && left < timeout)
+            timeout = left > 0 ? left : 1;
+        r->first_byte_deadline_ms = now + timeout;
+        uv_timer_start(&r->timer, on_timer, timeout, 0);
         return;
     }
-    r->start_ms_upstream = uv_now(&r->worker->loop);
-    uv_timer_start(&r->timer, on_timer, r->worker->server->cfg->upstream_first_byte_timeout_ms, 0);
 }
 
 int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -1251,26 +1907,45 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
             continue;
         if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
             add_header(req, "allow", "POST", 4);
-            send_error(req, request_id, 405, "method_not_allowed", "Use POST for this endpoint.");
+            send_error(req, ep->fmt, request_id, 405, "method_not_allowed", "Use POST for this endpoint.");
             return 0;
         }
-        start_relay(w, req, ep, request_id, ts_ms, start_ms);
+        start_relay(w, req, ep, NULL, request_id, ts_ms, start_ms);
+        return 0;
+    }
+    size_t gplen = strlen(gemini_endpoint.path);
+    if (path.len > gplen && memcmp(path.base, gemini_endpoint.path, gplen) == 0) {
+        gemini_call_t gc;
+        if (!parse_gemini_path(req, &gc)) {
+            send_error(req, XLATE_GEMINI, request_id, 404, "not_found",
+                       "Unknown method: use models/{model}:generateContent or :streamGenerateContent.");
+            return 0;
+        }
+        if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
+            add_header(req, "allow", "POST", 4);
+            send_error(req, XLATE_GEMINI, request_id, 405, "method_not_allowed", "Use POST for this method.");
+            return 0;
+        }
+        start_relay(w, req, &gemini_endpoint, &gc, request_id, ts_ms, start_ms);
         return 0;
     }
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/v1/models"))) {
         if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
             add_header(req, "allow", "GET", 3);
-            send_error(req, request_id, 405, "method_not_allowed", "Use GET for this endpoint.");
+            send_error(req, XLATE_OPENAI_CHAT, request_id, 405, "method_not_allowed", "Use GET for this endpoint.");
             return 0;
         }
-        const snapshot_key_t *key = authenticate(w, req, request_id);
+        xlate_format_t mfmt = h2o_find_header_by_str(&req->headers, H2O_STRLIT("anthropic-version"), -1) >= 0
+                                  ? XLATE_ANTHROPIC
+                                  : XLATE_OPENAI_CHAT;
+        const snapshot_key_t *key = authenticate(w, req, mfmt, request_id);
         if (key != NULL) {
-            add_key_ratelimit_headers(w, req, key);
+            add_key_ratelimit_headers(w, req, mfmt, key);
             serve_models(w, req, key, request_id);
         }
         log_early(w, request_id, key, NULL, &models_endpoint, key != NULL ? 200 : 401, ts_ms, start_ms);
         return 0;
     }
-    send_error(req, request_id, 404, "not_found", "Unknown path.");
+    send_error(req, XLATE_OPENAI_CHAT, request_id, 404, "not_found", "Unknown path.");
     return 0;
 }

@@ -253,6 +253,82 @@ void server_relay_finished(worker_t *w)
     report_if_drained(w);
 }
 
+/* ---- channel breakers -------------------------------------------------------------- */
+
+/* Makes the worker's breaker table hold the channels of its current snapshot. */
+static void worker_channels_sync(worker_t *w)
+{
+    if (w->channels == NULL || w->snapshot == NULL)
+        return;
+    const snapshot_t *snap = w->snapshot;
+    channels_provider_t *ps = calloc(snap->n_providers + 1, sizeof(*ps));
+    if (ps == NULL) {
+        log_error("worker %d: out of memory syncing the channel breakers; keeping the previous ones", w->index);
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < snap->n_providers; i++) {
+        const snapshot_provider_t *p = &snap->providers[i];
+        /* The admin API refuses such names; a record that has one anyway gets no breakers
+         * (its channels count as closed) rather than blocking every other provider's. */
+        if (p->name[0] == '\0' || strlen(p->name) > CHANNELS_MAX_PROVIDER ||
+            (n > 0 && strcmp(ps[n - 1].name, p->name) == 0))
+            continue;
+        ps[n++] = (channels_provider_t){.name = p->name, .key_tags = p->key_tags, .n_keys = p->n_api_keys};
+    }
+    int rc = channels_table_sync(w->channels, ps, n);
+    if (rc != 0)
+        log_error("worker %d: cannot sync the channel breakers: %s", w->index, strerror(-rc));
+    free(ps);
+}
+
+/* Copies the table's rows where the main thread reads them. */
+static void worker_channels_publish(worker_t *w)
+{
+    if (w->channels == NULL)
+        return;
+    worker_channels_pub_t *pub = &w->channels_pub;
+    uint64_t now = uv_now(&w->loop);
+    size_t n = channels_table_size(w->channels);
+    uv_mutex_lock(&pub->lock);
+    if (n > pub->cap) {
+        channels_row_t *grown = realloc(pub->rows, n * sizeof(*grown));
+        if (grown != NULL) {
+            pub->rows = grown;
+            pub->cap = n;
+        }
+    }
+    size_t total = channels_table_export(w->channels, now, pub->rows, pub->cap);
+    pub->n = total < pub->cap ? total : pub->cap;
+    uv_mutex_unlock(&pub->lock);
+}
+
+size_t server_channels_bound(server_t *s)
+{
+    size_t total = 0;
+    for (int i = 0; i < s->n_workers; i++) {
+        worker_channels_pub_t *pub = &s->workers[i].channels_pub;
+        uv_mutex_lock(&pub->lock);
+        total += pub->n;
+        uv_mutex_unlock(&pub->lock);
+    }
+    return total;
+}
+
+size_t server_channels_rows(server_t *s, channels_row_t *rows, size_t cap, uint64_t *now_mono_ms)
+{
+    size_t n = 0;
+    if (now_mono_ms != NULL)
+        *now_mono_ms = uv_hrtime() / 1000000;
+    for (int i = 0; i < s->n_workers; i++) {
+        worker_channels_pub_t *pub = &s->workers[i].channels_pub;
+        uv_mutex_lock(&pub->lock);
+        n = channels_rows_merge(rows, n, cap, pub->rows, pub->n);
+        uv_mutex_unlock(&pub->lock);
+    }
+    return n;
+}
+
 static void on_worker_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
 {
     worker_t *w = H2O_STRUCT_FROM_MEMBER(worker_t, receiver, receiver);
@@ -263,6 +339,8 @@ static void on_worker_msg(h2o_multithread_receiver_t *receiver, h2o_linklist_t *
         case MSG_SNAPSHOT: {
             snapshot_t *old = w->snapshot;
             w->snapshot = m->ptr;
+            worker_channels_sync(w);
+            worker_channels_publish(w);
             snapshot_release(old);
             break;
         }
@@ -324,11 +402,16 @@ void worker_log_record(worker_t *w, const log_record_t *rec)
     w->log_len += n;
 }
 
-/* Every 100 ms: the metering reports (batched settles, returns, heartbeats). */
+/* Every 100 ms: the metering reports (batched settles, returns, heartbeats); every
+ * SERVER_CHANNELS_PUBLISH_MS the breaker rows for the admin view. */
 static void on_housekeeping(uv_timer_t *t)
 {
     worker_t *w = t->data;
     meter_worker_tick(w);
+    if (++w->housekeeping_ticks >= SERVER_CHANNELS_PUBLISH_MS / 100) {
+        w->housekeeping_ticks = 0;
+        worker_channels_publish(w);
+    }
 }
 
 void server_send_to_main(worker_t *w, meter_msg_t *msg)
@@ -352,6 +435,11 @@ static void worker_main(void *arg)
     w->curl = curl_uv_create(&w->loop);
     if (w->curl == NULL)
         abort();
+    w->channels = channels_table_new(&s->cfg->breaker);
+    if (w->channels == NULL)
+        abort();
+    worker_channels_sync(w); /* a snapshot given before the thread ran */
+    worker_channels_publish(w);
     w->accept_tls.ctx = &w->ctx;
     w->accept_tls.hosts = s->globalconf.hosts;
     w->accept_tls.ssl_ctx = w->ssl_ctx;
@@ -386,6 +474,9 @@ static void worker_main(void *arg)
     uv_sem_post(&w->started);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     flush_log(w);
+    /* The last published rows stay for the main thread; the table goes. */
+    channels_table_free(w->channels);
+    w->channels = NULL;
     /* Stopped: tell the main thread, then park until the process exits. A worker never
      * returns, so the thread-local caches h2o keeps (recycled buffers and pool chunks,
      * which no public API empties) stay reachable instead of being reported as leaks. */
@@ -485,6 +576,7 @@ int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *
         w->index = i;
         w->fd_tls = w->fd_plain = -1;
         w->metrics = metrics_shard(metrics, i);
+        uv_mutex_init(&w->channels_pub.lock);
         util_random_bytes(w->rng, sizeof(w->rng));
         w->rng[0] |= 1;
         if (cfg->listen != NULL && cfg->listen[0] != '\0') {

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "cluster/curl_uv.h"
+#include "node/channels.h"
 #include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
@@ -39,6 +40,18 @@ typedef struct reset_entry {
 #define SERVER_RESET_SLOTS 1024
 #define SERVER_RESET_WINDOW_MS 1000
 #define SERVER_RESET_LIMIT 64 /* resets per connection per window before GOAWAY */
+
+/* How often each worker publishes its breaker rows for the admin API and /metrics. */
+#define SERVER_CHANNELS_PUBLISH_MS 300
+
+/* A worker's latest channels_table_export, for the main thread: written by the worker on its
+ * housekeeping timer, read by server_channels_rows, both under lock (never on the request
+ * path). rows is malloc'd, owned by the worker's entry. */
+typedef struct worker_channels_pub {
+    uv_mutex_t lock;
+    channels_row_t *rows;
+    size_t n, cap;
+} worker_channels_pub_t;
 
 typedef struct worker {
     h2o_context_t ctx; /* first: requests reach their worker through req->conn->ctx */
@@ -68,6 +81,12 @@ typedef struct worker {
     bool start_check_ready;
     uint64_t rng[2];   /* xorshift128+ state, seeded from RAND_bytes: cheap non-secret randomness */
     uv_timer_t housekeeping;
+    unsigned housekeeping_ticks;
+    /* Per-worker circuit breakers (node/channels.h): created at worker start from
+     * cfg->breaker, synced with the providers of every snapshot the worker swaps in. Used by
+     * this worker's relays only (now_ms = uv_now(&w->loop)). */
+    struct channels_table *channels;
+    worker_channels_pub_t channels_pub;
     uv_timer_t log_flush; /* writes the batched metadata lines every 50 ms */
     char *log_buf;
     size_t log_len;
@@ -106,6 +125,17 @@ struct server {
  * and starts cfg->workers threads. *s must be zeroed except for the hooks set beforehand. Returns 0 or a negative error with a message in err. */
 int server_start(server_t *s, const llmrelay_config_t *cfg, const node_clock_t *clock, metrics_t *metrics,
                  uv_loop_t *main_loop, char *err, size_t errlen);
+
+/* The breaker rows of every worker, merged (channels_rows_merge): at most cap rows ordered
+ * by (provider, key_index), as the workers last published them (at most
+ * SERVER_CHANNELS_PUBLISH_MS old). Returns the number of rows filled. *now_mono_ms (when
+ * not NULL) gets the monotonic clock (uv_hrtime in ms, the clock of uv_now) to compare
+ * the rows' last_change_ms with. Main thread (any thread, in fact: it only takes the
+ * workers' publication locks). */
+size_t server_channels_rows(server_t *s, channels_row_t *rows, size_t cap, uint64_t *now_mono_ms);
+/* An upper bound of the rows server_channels_rows can return now (the sum of the workers'
+ * published rows): a size for its buffer. */
+size_t server_channels_bound(server_t *s);
 
 /* Gives every worker the new snapshot (each takes its own reference). Main thread only. */
 void server_publish(server_t *s, snapshot_t *snap);

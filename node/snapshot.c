@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 typedef struct arena {
     char *base;
     size_t used, cap;
@@ -91,6 +93,24 @@ static int pair_cmp(const void *a, const void *b)
     return strcmp(x->route->provider, y->route->provider);
 }
 
+static int provider_cmp(const void *a, const void *b)
+{
+    return strcmp(((const snapshot_provider_t *)a)->name, ((const snapshot_provider_t *)b)->name);
+}
+
+/* The channel identity of an upstream key: 64 bits of its SHA-256 (the key never leaves). */
+static uint64_t key_tag(const char *key)
+{
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned md_len = 0;
+    uint64_t tag = 0;
+    if (EVP_Digest(key, strlen(key), md, &md_len, EVP_sha256(), NULL) != 1 || md_len < 8)
+        return 0;
+    for (int i = 0; i < 8; i++)
+        tag = tag << 8 | md[i];
+    return tag;
+}
+
 static int price_cmp(const void *a, const void *b)
 {
     return strcmp(((const snapshot_price_t *)a)->model, ((const snapshot_price_t *)b)->model);
@@ -129,6 +149,7 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
     for (size_t i = 0; i < src->n_providers; i++) {
         const Llmrelay__Provider *p = src->providers[i];
         bytes += strlen(p->name) + strlen(p->type) + strlen(p->base_url) + 64;
+        bytes += sizeof(snapshot_provider_t) + p->n_api_keys * sizeof(uint64_t) + 32;
         for (size_t j = 0; j < p->n_api_keys; j++)
             bytes += strlen(p->api_keys[j]) + 32;
         for (size_t j = 0; j < p->n_models; j++)
@@ -209,6 +230,21 @@ snapshot_t *snapshot_build(const Llmrelay__Snapshot *src)
         if (s->id_index[slot] == NULL)
             s->id_index[slot] = k;
     }
+
+    /* Providers with their key tags, sorted by name. */
+    s->providers = arena_alloc(&a, (src->n_providers + 1) * sizeof(snapshot_provider_t));
+    for (size_t i = 0; i < src->n_providers; i++) {
+        const Llmrelay__Provider *p = src->providers[i];
+        snapshot_provider_t *dst = &s->providers[s->n_providers++];
+        uint64_t *tags = arena_alloc(&a, (p->n_api_keys + 1) * sizeof(uint64_t));
+        for (size_t j = 0; j < p->n_api_keys; j++)
+            tags[j] = key_tag(p->api_keys[j] ? p->api_keys[j] : "");
+        dst->name = arena_str(&a, p->name);
+        dst->type = arena_str(&a, p->type);
+        dst->n_api_keys = p->n_api_keys;
+        dst->key_tags = tags;
+    }
+    qsort(s->providers, s->n_providers, sizeof(snapshot_provider_t), provider_cmp);
 
     /* Models: collect (name, route) pairs, then group by name. */
     snapshot_model_t *models = arena_alloc(&a, (n_names + 1) * sizeof(snapshot_model_t));

@@ -55,6 +55,16 @@ typedef struct snapshot_price {
     double input, output, cached_input, reasoning;
 } snapshot_price_t;
 
+/* One provider record, for the per-worker channel tables (node/channels.h). key_tags[i]
+ * is the first 8 bytes (big-endian) of SHA-256 of api_keys[i] of the provider's record: a
+ * changed key is a new channel. Never the key itself. */
+typedef struct snapshot_provider {
+    const char *name;
+    const char *type;
+    size_t n_api_keys;
+    const uint64_t *key_tags; /* n_api_keys entries */
+} snapshot_provider_t;
+
 typedef struct snapshot {
     atomic_long refs;
     int64_t revision;
@@ -65,6 +75,8 @@ typedef struct snapshot {
     size_t n_models;
     snapshot_price_t *prices; /* sorted by model */
     size_t n_prices;
+    snapshot_provider_t *providers; /* sorted by name, one per provider record */
+    size_t n_providers;
     void *arena; /* every string and array above lives here */
     /* Something the builder attaches (the metrics name table of this config), released
      * with the snapshot; set before the snapshot is shared. */

@@ -42,12 +42,35 @@ typedef struct upstream_cbs {
     void (*on_done)(void *data, int error);
 } upstream_cbs_t;
 
+/* How the upstream key is sent, by provider type. */
+typedef enum upstream_auth {
+    UPSTREAM_AUTH_BEARER = 0, /* OpenAI: Authorization: Bearer K */
+    UPSTREAM_AUTH_ANTHROPIC,  /* x-api-key: K, and anthropic-version */
+    UPSTREAM_AUTH_GEMINI,     /* x-goog-api-key: K */
+} upstream_auth_t;
+
+#define UPSTREAM_ANTHROPIC_VERSION "2023-06-01"
+
+/* The start of the key's header line ("Authorization: Bearer ", "x-api-key: ", ...). */
+static inline const char *upstream_auth_prefix(upstream_auth_t a)
+{
+    return a == UPSTREAM_AUTH_ANTHROPIC ? "x-api-key: " : a == UPSTREAM_AUTH_GEMINI ? "x-goog-api-key: "
+                                                                                    : "Authorization: Bearer ";
+}
+
+/* A header line the provider type needs besides the key (no CRLF), or NULL. */
+static inline const char *upstream_auth_extra(upstream_auth_t a)
+{
+    return a == UPSTREAM_AUTH_ANTHROPIC ? "anthropic-version: " UPSTREAM_ANTHROPIC_VERSION : NULL;
+}
+
 typedef struct upstream_request {
     const char *url;          /* http:// or https:// */
-    const char *api_key;      /* sent as Authorization: Bearer; wiped from copies when done */
+    const char *api_key;      /* sent as `auth` says; wiped from copies when done */
     bool stream;              /* Accept: text/event-stream rather than application/json */
     const uint8_t *body;      /* JSON body, borrowed until on_done/upstream_cancel */
     size_t body_len;
+    upstream_auth_t auth; /* how api_key is sent (0: Authorization: Bearer) */
 } upstream_request_t;
 
 /* Starts the request on worker w's loop. Returns 0 with *out set, or a negative error

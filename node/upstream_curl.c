@@ -157,10 +157,12 @@ int upstream_curl_start(worker_t *w, const upstream_request_t *req, const upstre
         upstream_curl_free(u);
         return -ENOMEM;
     }
-    snprintf(auth, alen, "Authorization: Bearer %s", req->api_key);
+    snprintf(auth, alen, "%s%s", upstream_auth_prefix(req->auth), req->api_key);
     u->headers = curl_slist_append(u->headers, auth);
     explicit_bzero(auth, alen);
     free(auth);
+    if (upstream_auth_extra(req->auth) != NULL)
+        u->headers = curl_slist_append(u->headers, upstream_auth_extra(req->auth));
     u->headers = curl_slist_append(u->headers, "Content-Type: application/json");
     u->headers = curl_slist_append(u->headers, req->stream ? "Accept: text/event-stream" : "Accept: application/json");
     u->headers = curl_slist_append(u->headers, "Expect:");

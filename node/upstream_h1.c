@@ -1026,11 +1026,13 @@ int upstream_h1_start(struct worker *w, const upstream_request_t *req, const ups
     if (pool == NULL)
         return -ENOTSUP; /* pool table full: curl serves this host */
 
+    const char *auth_prefix = upstream_auth_prefix(req->auth), *auth_extra = upstream_auth_extra(req->auth);
     static const char accept_sse[] = "text/event-stream", accept_json[] = "application/json";
     const char *accept = req->stream ? accept_sse : accept_json;
     size_t accept_len = req->stream ? sizeof(accept_sse) - 1 : sizeof(accept_json) - 1;
     size_t head_cap = sizeof("POST  HTTP/1.1\r\nHost: \r\n") - 1 + url.path.len + url.authority.len +
-                      (key_len > 0 ? sizeof("Authorization: Bearer \r\n") - 1 + key_len : 0) +
+                      (key_len > 0 ? strlen(auth_prefix) + 2 + key_len : 0) +
+                      (auth_extra != NULL ? strlen(auth_extra) + 2 : 0) +
                       sizeof("Content-Type: application/json\r\nAccept: \r\n") - 1 + accept_len +
                       sizeof("Content-Length: \r\n") - 1 + 20 + sizeof("User-Agent: " H1_USER_AGENT "\r\n\r\n") - 1;
 
@@ -1053,8 +1055,12 @@ int upstream_h1_start(struct worker *w, const upstream_request_t *req, const ups
     H1_PUT(p, url.authority.base, url.authority.len);
     H1_PUT_LIT(p, "\r\n");
     if (key_len > 0) {
-        H1_PUT_LIT(p, "Authorization: Bearer ");
+        H1_PUT(p, auth_prefix, strlen(auth_prefix));
         H1_PUT(p, req->api_key, key_len);
+        H1_PUT_LIT(p, "\r\n");
+    }
+    if (auth_extra != NULL) {
+        H1_PUT(p, auth_extra, strlen(auth_extra));
         H1_PUT_LIT(p, "\r\n");
     }
     H1_PUT_LIT(p, "Content-Type: application/json\r\nAccept: ");

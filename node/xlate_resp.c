@@ -1271,6 +1271,11 @@ void xlate_stream_gemini_array(xlate_stream_t *s)
         s->gemini_array = true;
 }
 
+bool xlate_stream_ended(const xlate_stream_t *s)
+{
+    return s->ended || (s->up == s->client && s->up_ended);
+}
+
 void xlate_stream_usage(const xlate_stream_t *s, xlate_usage_t *out)
 {
     *out = s->usage;

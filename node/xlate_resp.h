@@ -159,6 +159,9 @@ int xlate_stream_finish(xlate_stream_t *s, wipe_buf_t *out);
  * error's type and code; message: the relay's own words, no content). Later calls append nothing. */
 int xlate_stream_fail(xlate_stream_t *s, int status, const char *message, wipe_buf_t *out);
 
+/* True once the client's closing events (or an in-stream error) have been written: nothing
+ * more will be appended. */
+bool xlate_stream_ended(const xlate_stream_t *s);
 /* Usage seen so far (the last cumulative counts). */
 void xlate_stream_usage(const xlate_stream_t *s, xlate_usage_t *out);
 /* Wipes and frees; NULL is a no-op. */

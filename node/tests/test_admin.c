@@ -249,6 +249,32 @@ static void teardown_early(env_t *e)
     uv_close((uv_handle_t *)&e->sweep_async, NULL);
 }
 
+/* The workers' breaker rows: channel 1 of openai-main is open (channel 0 has no row, as a
+ * channel never used after a config change). Monotonic clock 1000 s, last change 5 s ago. */
+static size_t stub_channels(void *data, channels_row_t *rows, size_t cap, uint64_t *now_mono_ms)
+{
+    (void)data;
+    *now_mono_ms = 1000000;
+    if (cap < 1)
+        return 0;
+    memset(&rows[0], 0, sizeof(rows[0]));
+    strcpy(rows[0].provider, "openai-main");
+    rows[0].key_index = 1;
+    rows[0].state = CHANNELS_OPEN;
+    rows[0].failures = 7;
+    rows[0].opens = 2;
+    rows[0].probes = 1;
+    rows[0].not_closed = 2;
+    rows[0].last_change_ms = 995000;
+    return 1;
+}
+
+static size_t stub_channels_bound(void *data)
+{
+    (void)data;
+    return 4;
+}
+
 static int loop_setup(env_t *e)
 {
     e->curl = curl_uv_create(&e->loop);
@@ -279,7 +305,9 @@ static int loop_setup(env_t *e)
                             .key_spent = stub_key_spent,
                             .query_logs = stub_query_logs,
                             .query_usage = stub_query_usage,
-                            .etcd = e->etcd};
+                            .etcd = e->etcd,
+                            .channels = stub_channels,
+                            .channels_bound = stub_channels_bound};
     char err[256];
     int rc = admin_start(&e->loop, &cfg, e->store, &ops, &e->admin, err, sizeof(err));
     if (rc != 0) {
@@ -724,6 +752,46 @@ static void test_providers(void **state)
     r = get_until(e, "/admin/v1/providers/openai-main", VIEWER_TOKEN, 200);
     check_provider(r->json);
     assert_null(strstr(r->body, UPSTREAM_KEY));
+    resp_free(r);
+
+    /* The channels: one row per upstream key, from the workers' rows (none = closed). */
+    r = get(e, "/admin/v1/providers/openai-main", VIEWER_TOKEN);
+    assert_int_equal(r->status, 200);
+    yajl_val chans = jget(r->json, "channels", NULL, NULL);
+    assert_true(YAJL_IS_ARRAY(chans));
+    assert_int_equal(chans->u.array.len, 2);
+    yajl_val c0 = chans->u.array.values[0], c1 = chans->u.array.values[1];
+    assert_int_equal(YAJL_GET_INTEGER(jget(c0, "key_index", NULL, NULL)), 0);
+    assert_string_equal(jstr(c0, "key", NULL), "\xe2\x80\xa6WXYZ");
+    assert_string_equal(jstr(c0, "state", NULL), "closed");
+    assert_int_equal(YAJL_GET_INTEGER(jget(c0, "failures", NULL, NULL)), 0);
+    assert_int_equal(YAJL_GET_INTEGER(jget(c0, "workers_not_closed", NULL, NULL)), 0);
+    assert_true(YAJL_IS_NULL(jget(c0, "last_change", NULL, NULL)));
+    assert_int_equal(YAJL_GET_INTEGER(jget(c1, "key_index", NULL, NULL)), 1);
+    assert_string_equal(jstr(c1, "state", NULL), "open");
+    assert_int_equal(YAJL_GET_INTEGER(jget(c1, "failures", NULL, NULL)), 7);
+    assert_int_equal(YAJL_GET_INTEGER(jget(c1, "opens", NULL, NULL)), 2);
+    assert_int_equal(YAJL_GET_INTEGER(jget(c1, "probes", NULL, NULL)), 1);
+    assert_int_equal(YAJL_GET_INTEGER(jget(c1, "workers_not_closed", NULL, NULL)), 2);
+    {
+        /* 5 s before the admin's clock, to the second. */
+        const char *lc = jstr(c1, "last_change", NULL);
+        assert_non_null(lc);
+        char whole[32];
+        snprintf(whole, sizeof(whole), "%.19sZ", lc);
+        int64_t t;
+        assert_int_equal(util_parse_rfc3339(whole, &t), 0);
+        int64_t now_s = stub_now_ms(e) / 1000;
+        assert_true(t >= now_s - 7 && t <= now_s - 4);
+    }
+    assert_null(strstr(r->body, UPSTREAM_KEY));
+    resp_free(r);
+    r = get(e, "/admin/v1/providers", VIEWER_TOKEN);
+    assert_int_equal(r->status, 200);
+    yajl_val listed = jget(r->json, "providers", NULL, NULL)->u.array.values[0];
+    assert_int_equal(YAJL_GET_INTEGER(jget(listed, "channel_states", "closed", NULL)), 1);
+    assert_int_equal(YAJL_GET_INTEGER(jget(listed, "channel_states", "open", NULL)), 1);
+    assert_int_equal(YAJL_GET_INTEGER(jget(listed, "channel_states", "half_open", NULL)), 0);
     resp_free(r);
 
     r = get(e, "/admin/v1/providers", BOOTSTRAP_TOKEN);

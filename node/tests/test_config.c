@@ -645,9 +645,60 @@ static int teardown_tmp(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* The channel failover flags: defaults, both flag forms, the YAML names, the derived
+ * breaker bounds and the range errors. */
+static void test_channel_flags(void **state)
+{
+    (void)state;
+    llmrelay_config_t cfg;
+    assert_int_equal(parse(&cfg, NULL), 0);
+    assert_int_equal(cfg.retry_policy.max_attempts, 3);
+    assert_int_equal(cfg.retry_policy.budget_ms, 30000);
+    assert_int_equal(cfg.breaker.threshold, 5);
+    assert_int_equal(cfg.breaker.window_ms, 30000);
+    assert_int_equal(cfg.breaker.cooldown_ms, 30000);
+    assert_int_equal(cfg.breaker.cooldown_max_ms, 300000);
+    assert_int_equal(cfg.breaker.probe_timeout_ms, 120000);
+    config_dispose(&cfg);
+
+    assert_int_equal(parse(&cfg, "--upstream-max-attempts", "10", "--upstream-retry-budget=2m", "--breaker-threshold",
+                           "16", "--breaker-window", "500ms", "--breaker-cooldown=10m", NULL),
+                     0);
+    assert_int_equal(cfg.retry_policy.max_attempts, 10);
+    assert_int_equal(cfg.retry_policy.budget_ms, 120000);
+    assert_int_equal(cfg.breaker.threshold, 16);
+    assert_int_equal(cfg.breaker.window_ms, 500);
+    assert_int_equal(cfg.breaker.cooldown_ms, 600000);
+    assert_int_equal(cfg.breaker.cooldown_max_ms, 600000); /* max(5 min, cool-down) */
+    config_dispose(&cfg);
+
+    char path[256];
+    write_file("channels.yaml", "upstream_max_attempts: 1\nbreaker-threshold: 1\nbreaker_cooldown: 1s\n", path,
+               sizeof(path));
+    assert_int_equal(parse(&cfg, "--config", path, NULL), 0);
+    assert_int_equal(cfg.retry_policy.max_attempts, 1);
+    assert_int_equal(cfg.breaker.threshold, 1);
+    assert_int_equal(cfg.breaker.cooldown_ms, 1000);
+    assert_int_equal(cfg.breaker.cooldown_max_ms, 300000);
+    config_dispose(&cfg);
+
+    expect_error("--upstream-max-attempts", "1..10", "--upstream-max-attempts", "0", NULL);
+    expect_error("--upstream-max-attempts", "1..10", "--upstream-max-attempts", "11", NULL);
+    expect_error("--upstream-max-attempts", NULL, "--upstream-max-attempts", "2x", NULL);
+    expect_error("--breaker-threshold", "1..16", "--breaker-threshold", "0", NULL);
+    expect_error("--breaker-threshold", "1..16", "--breaker-threshold", "17", NULL);
+    expect_error("--breaker-threshold", NULL, "--breaker-threshold", "-1", NULL);
+    expect_error("--upstream-retry-budget", "greater than 0", "--upstream-retry-budget", "0", NULL);
+    expect_error("--breaker-window", "greater than 0", "--breaker-window", "0", NULL);
+    expect_error("--breaker-cooldown", "invalid duration", "--breaker-cooldown", "30", NULL);
+    write_file("badbreaker.yaml", "workers: 1\nbreaker-threshold: 99\n", path, sizeof(path));
+    expect_error(":2:", "breaker-threshold", "--config", path, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_channel_flags),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_every_flag_separate_value),
         cmocka_unit_test(test_every_flag_equals_value),

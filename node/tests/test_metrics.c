@@ -745,9 +745,61 @@ static void test_large_config_bounded(void **state)
     free(providers);
 }
 
+/* The channel families: every channel's three state samples (one of them 1), its counters,
+ * HELP/TYPE lines even without channels, and out->len restored when the buffer is full. */
+static void test_channel_families(void **state)
+{
+    (void)state;
+    channels_row_t rows[2];
+    memset(rows, 0, sizeof(rows));
+    strcpy(rows[0].provider, "alpha");
+    rows[0].key_index = 0;
+    rows[0].state = CHANNELS_CLOSED;
+    strcpy(rows[1].provider, "alpha");
+    rows[1].key_index = 1;
+    rows[1].state = CHANNELS_OPEN;
+    rows[1].failures = 12;
+    rows[1].opens = 3;
+
+    wipe_buf_t b = WIPE_BUF_INIT(1u << 20);
+    assert_int_equal(metrics_render_channels(&b, rows, 2), 0);
+    char *text = malloc(b.len + 1);
+    assert_non_null(text);
+    memcpy(text, b.data, b.len);
+    text[b.len] = '\0';
+    assert_true(value_of(text, "llmrelay_channel_state{provider=\"alpha\",key_index=\"0\",state=\"closed\"}") == 1);
+    assert_true(value_of(text, "llmrelay_channel_state{provider=\"alpha\",key_index=\"0\",state=\"half_open\"}") ==
+                0);
+    assert_true(value_of(text, "llmrelay_channel_state{provider=\"alpha\",key_index=\"0\",state=\"open\"}") == 0);
+    assert_true(value_of(text, "llmrelay_channel_state{provider=\"alpha\",key_index=\"1\",state=\"closed\"}") == 0);
+    assert_true(value_of(text, "llmrelay_channel_state{provider=\"alpha\",key_index=\"1\",state=\"open\"}") == 1);
+    assert_true(value_of(text, "llmrelay_channel_failures_total{provider=\"alpha\",key_index=\"1\"}") == 12);
+    assert_true(value_of(text, "llmrelay_channel_opens_total{provider=\"alpha\",key_index=\"1\"}") == 3);
+    assert_true(value_of(text, "llmrelay_channel_opens_total{provider=\"alpha\",key_index=\"0\"}") == 0);
+    assert_true(has_line_prefix(text, "# TYPE llmrelay_channel_state gauge"));
+    assert_true(has_line_prefix(text, "# TYPE llmrelay_channel_failures_total counter"));
+    assert_true(has_line_prefix(text, "# TYPE llmrelay_channel_opens_total counter"));
+    free(text);
+
+    /* No channels: the families are still announced, with no sample. */
+    wipe_buf_reset(&b);
+    assert_int_equal(metrics_render_channels(&b, NULL, 0), 0);
+    assert_true(b.len > 0);
+    assert_null(memmem(b.data, b.len, "{provider=", 10));
+    wipe_buf_free(&b);
+
+    /* Too small a buffer: an error, nothing appended. */
+    wipe_buf_t small = WIPE_BUF_INIT(64);
+    assert_int_equal(wipe_buf_append(&small, "x", 1), 0);
+    assert_true(metrics_render_channels(&small, rows, 2) < 0);
+    assert_int_equal(small.len, 1);
+    wipe_buf_free(&small);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_channel_families),
         cmocka_unit_test(test_concurrent_sums),     cmocka_unit_test(test_unknown_counts),
         cmocka_unit_test(test_histogram),           cmocka_unit_test(test_unknown_is_other),
         cmocka_unit_test(test_config_change),       cmocka_unit_test(test_slot_reuse_after_quarantine),

@@ -194,9 +194,58 @@ static void test_refcount_and_empty(void **state)
     snapshot_release(s);
 }
 
+static uint64_t tag_of(const char *key)
+{
+    uint8_t raw[32];
+    uint64_t tag = 0;
+    SHA256((const unsigned char *)key, strlen(key), raw);
+    for (int i = 0; i < 8; i++)
+        tag = tag << 8 | raw[i];
+    return tag;
+}
+
+/* The provider list for the channel tables: sorted by name, one per record, key tags =
+ * 64 bits of SHA-256 of each key (a changed key is a new tag). */
+static void test_providers(void **state)
+{
+    (void)state;
+    build_fixture();
+    /* Out of order in the source: the snapshot sorts them. */
+    Llmrelay__Provider *order[3] = {fx.provp[2], fx.provp[0], fx.provp[1]};
+    fx.snap.providers = order;
+    snapshot_t *s = snapshot_build(&fx.snap);
+    assert_non_null(s);
+    assert_int_equal(s->n_providers, 3);
+    assert_string_equal(s->providers[0].name, "alpha");
+    assert_string_equal(s->providers[1].name, "beta");
+    assert_string_equal(s->providers[2].name, "gamma");
+    assert_string_equal(s->providers[2].type, "anthropic");
+    assert_int_equal(s->providers[0].n_api_keys, 2);
+    assert_true(s->providers[0].key_tags[0] == tag_of("upstream-a1"));
+    assert_true(s->providers[0].key_tags[1] == tag_of("upstream-a2"));
+    assert_true(s->providers[0].key_tags[0] != s->providers[0].key_tags[1]);
+    assert_true(s->providers[1].key_tags[0] == tag_of("upstream-b"));
+    assert_true(s->providers[2].key_tags[0] == tag_of("upstream-b")); /* same key, same tag */
+    snapshot_release(s);
+
+    fx.keys_a[1] = "upstream-a2-rotated";
+    s = snapshot_build(&fx.snap);
+    assert_non_null(s);
+    assert_true(s->providers[0].key_tags[0] == tag_of("upstream-a1"));
+    assert_true(s->providers[0].key_tags[1] == tag_of("upstream-a2-rotated"));
+    snapshot_release(s);
+
+    Llmrelay__Snapshot empty = LLMRELAY__SNAPSHOT__INIT;
+    s = snapshot_build(&empty);
+    assert_non_null(s);
+    assert_int_equal(s->n_providers, 0);
+    snapshot_release(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_providers),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_models_and_routes),
         cmocka_unit_test(test_refcount_and_empty),

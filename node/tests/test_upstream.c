@@ -593,7 +593,7 @@ static int start_path(client_t *c, const char *host, const char *path)
 {
     char url[256];
     snprintf(url, sizeof(url), "http://%s:%d%s", host, fx->srv.port, path);
-    upstream_request_t req = {url, "sk-test-123", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-test-123", false, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     c->in_cb = true; /* no callback may run inside start */
     int err = upstream_start(&fx->w, &req, &client_cbs, c, &c->up);
     c->in_cb = false;
@@ -655,7 +655,7 @@ static void test_sse_stream(void **state)
     client_t *c = calloc(1, sizeof(*c));
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/sse", fx->srv.port);
-    upstream_request_t req = {url, "sk-test-123", true, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-test-123", true, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), 0);
     assert_true(run_until(&c->done, 3000));
     assert_int_equal(c->error, 0);
@@ -794,7 +794,7 @@ static void test_connect_refused(void **state)
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/chat/completions", ntohs(sin.sin_port));
     client_t *c = calloc(1, sizeof(*c));
-    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), 0);
     assert_int_equal(c->dones, 0);
     assert_true(run_until(&c->done, 3000));
@@ -824,7 +824,7 @@ static void test_connect_timeout(void **state)
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", ntohs(sin.sin_port));
     client_t *c = calloc(1, sizeof(*c));
-    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     uint64_t t0 = uv_hrtime();
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), 0);
     assert_true(run_until(&c->done, 3000));
@@ -1098,7 +1098,7 @@ static void test_cancel_connecting(void **state)
     usleep(50000);
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", ntohs(sin.sin_port));
-    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     client_t *c = calloc(2, sizeof(*c));
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, &c[0], &c[0].up), 0);
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, &c[1], &c[1].up), 0);
@@ -1122,7 +1122,7 @@ static void test_address_fallback(void **state)
     srv_start_on(s4, &fx->w.loop, false);
     char url[128];
     snprintf(url, sizeof(url), "http://localhost:%d/cl", s4->port);
-    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1};
+    upstream_request_t req = {url, "sk-x", false, (const uint8_t *)request_body, sizeof(request_body) - 1, UPSTREAM_AUTH_BEARER};
     client_t *c = calloc(1, sizeof(*c));
     for (int i = 0; i < 2; i++) {
         memset(c, 0, sizeof(*c));
@@ -1155,7 +1155,7 @@ static void test_dispatch(void **state)
 {
     (void)state;
     client_t *c = calloc(1, sizeof(*c));
-    upstream_request_t req = {"https://api.example.com/v1/chat/completions", "k", false, NULL, 0};
+    upstream_request_t req = {"https://api.example.com/v1/chat/completions", "k", false, NULL, 0, UPSTREAM_AUTH_BEARER};
     curl_calls = 0;
     assert_int_equal(upstream_start(&fx->w, &req, &client_cbs, c, &c->up), -ENOTSUP);
     assert_int_equal(curl_calls, 1);

@@ -43,7 +43,10 @@ static const char set_help[] = "usage: llmrelayctl provider set NAME --type open
                                "  --region R        region this provider belongs to (default: any)\n";
 
 static const char list_help[] = "usage: llmrelayctl provider list\n\nLists every provider.\n";
-static const char show_help[] = "usage: llmrelayctl provider show NAME\n\nShows one provider.\n";
+static const char show_help[] = "usage: llmrelayctl provider show NAME\n\n"
+                                "Shows one provider and the circuit breaker of each of its upstream keys\n"
+                                "(state closed|half_open|open, merged over the node's workers: the worst state,\n"
+                                "summed counters).\n";
 static const char delete_help[] = "usage: llmrelayctl provider delete NAME\n\nDeletes one provider.\n";
 
 static const struct ctl_opt_spec no_opts[] = {{NULL, 0, 0}};
@@ -76,6 +79,19 @@ static int provider_path(struct ctl *ctl, char *path, size_t cap, const char *na
     return 0;
 }
 
+/* The circuit breaker of each upstream key (channel), as the node's workers see it. */
+static int print_channels(struct ctl *ctl, yajl_val p)
+{
+    static const char *const headers[] = {
+        "KEY", "MASKED", "STATE", "FAILURES", "OPENS", "PROBES", "WORKERS_NOT_CLOSED", "LAST_CHANGE"};
+    static const char *const fields[] = {"key_index",          "key",        "state", "failures", "opens", "probes",
+                                         "workers_not_closed", "last_change"};
+    enum { NCOLS = sizeof(headers) / sizeof(headers[0]) };
+    static const char *const null_texts[] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, "never"};
+    fprintf(ctl->out, "\nchannels (circuit breakers, one per upstream key):\n");
+    return ctl_print_list(ctl, p, "channels", headers, fields, null_texts, NCOLS);
+}
+
 static int print_provider(struct ctl *ctl, yajl_val p)
 {
     static const char *const keys[] = {"name", "type",     "base_url", "api_keys", "models",
@@ -96,17 +112,19 @@ static int print_provider(struct ctl *ctl, yajl_val p)
     if (rc == 0)
         ctl_print_kv(ctl->out, keys, values, N);
     ctl_free_cells(values, N);
+    if (rc == 0 && YAJL_IS_ARRAY(ctl_json_get(p, "channels", NULL)))
+        rc = print_channels(ctl, p);
     return rc;
 }
 
 static int print_provider_list(struct ctl *ctl, yajl_val answer)
 {
-    static const char *const headers[] = {"NAME",     "TYPE",   "BASE_URL", "MODELS",
-                                          "PRIORITY", "WEIGHT", "REGION",   "API_KEYS"};
-    static const char *const fields[] = {"name",     "type",   "base_url", "models",
-                                         "priority", "weight", "region",   "api_keys"};
+    static const char *const headers[] = {"NAME",   "TYPE",   "BASE_URL", "MODELS",  "PRIORITY",
+                                          "WEIGHT", "REGION", "API_KEYS", "CHANNELS"};
+    static const char *const fields[] = {"name",   "type",   "base_url", "models",        "priority",
+                                         "weight", "region", "api_keys", "channel_states"};
     enum { NCOLS = sizeof(headers) / sizeof(headers[0]) };
-    static const char *const null_texts[] = {NULL, NULL, NULL, NULL, NULL, NULL, "any", NULL};
+    static const char *const null_texts[] = {NULL, NULL, NULL, NULL, NULL, NULL, "any", NULL, NULL};
     return ctl_print_list(ctl, answer, "providers", headers, fields, null_texts, NCOLS);
 }
 
