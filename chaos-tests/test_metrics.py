@@ -252,8 +252,8 @@ def send_traffic(node, route):
     text = "%s fails %s" % (prompt_tag, directive(status=500))
     with client() as c:
         r = c.post("/v1/chat/completions", headers=route.headers(), json=chat(route.model, text))
-    assert r.status_code == 500, "the upstream's 500 is passed on: %d %s" % (r.status_code,
-                                                                           r.text[:300])
+    assert r.status_code == 502, "the upstream's 500 (retryable, one channel): 502: %d %s" % (
+        r.status_code, r.text[:300])
     sent["ids"].append(r.headers["x-request-id"])
     sent["texts"].append(text)
 

@@ -113,7 +113,7 @@ struct relay {
     size_t n_cands, tried[RELAY_MAX_CHANNELS], n_tried;
     int cur;
     channels_ticket_t ticket;
-    bool verdict_due, last_timeout, refused_field;
+    bool verdict_due, last_timeout, last_final, refused_field;
     unsigned attempts;
     uint64_t first_attempt_ms, first_byte_deadline_ms;
     uint64_t rng;
@@ -1171,8 +1171,10 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
     r->in_upstream_cb = false;
     if (err != 0)
         return err; /* an event over RELAY_MAX_EVENT, an answer over --max-body, no memory */
-    /* A client that left: once the usage is known there is nothing more to learn. */
-    if (r->req == NULL && r->usage.found)
+    /* A client that left: once the usage is final there is nothing more to learn (OpenAI's
+     * usage chunk is; Anthropic's and Gemini's counts are cumulative until the message
+     * ends, which the translator tells). */
+    if (r->req == NULL && r->usage.found && (!r->translated || (r->xs != NULL && xlate_stream_ended(r->xs))))
         return 1;
     return 0;
 }
@@ -1195,11 +1197,13 @@ static void send_whole(relay_t *r, const uint8_t *body, size_t len)
         r->error = err;
 }
 
-/* The client's answer when no channel gave a usable one: the last upstream error answer in
- * the client's shape, or 502/504/503 of the relay's own. */
+/* The client's answer when no channel gave a usable one: an upstream's final error answer
+ * (a client or quota error: not retried) in the client's shape, or after retryable failures
+ * the relay's own 502 (504 when the last one was a timeout; 503 when every breaker held its
+ * channel before any attempt). */
 static void answer_failure(relay_t *r, int pick)
 {
-    if (r->err_body) {
+    if (r->err_body && r->last_final) {
         /* an upstream error answer: its status kept, its body in the client's shape */
         wipe_buf_t out;
         wipe_buf_init(&out, RELAY_MAX_ERROR_BODY * 2 + 4096);
@@ -1263,6 +1267,7 @@ static void on_upstream_done(void *data, int error)
     } else if (r->err_body) {
         channels_class_t cls = channels_classify(r->status, channels_format_of(r->ufmt), r->whole.data, r->whole.len);
         r->last_timeout = false;
+        r->last_final = cls != CHANNELS_RETRYABLE;
         if (retry_attempt(r, channels_outcome_of_http(r->status, cls)))
             return;
         r->error = 0;
@@ -1914,7 +1919,7 @@ int relay_on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     size_t gplen = strlen(gemini_endpoint.path);
-    if (path.len > gplen && memcmp(path.base, gemini_endpoint.path, gplen) == 0) {
+    if (path.len >= gplen && memcmp(path.base, gemini_endpoint.path, gplen) == 0) {
         gemini_call_t gc;
         if (!parse_gemini_path(req, &gc)) {
             send_error(req, XLATE_GEMINI, request_id, 404, "not_found",
