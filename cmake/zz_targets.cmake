@@ -14,13 +14,13 @@ endif()
 file(GLOB E2E_TESTS ${CMAKE_SOURCE_DIR}/chaos-tests/test_*.py)
 foreach(t ${E2E_TESTS})
   get_filename_component(n ${t} NAME_WE)
-  add_test(NAME e2e.${n} COMMAND /usr/bin/python3 -m pytest -q -x -p no:cacheprovider ${t}
+  add_test(NAME e2e.${n} COMMAND /usr/bin/python3 -m pytest -q -x -rs -p no:cacheprovider ${t}
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/chaos-tests)
   set_tests_properties(e2e.${n} PROPERTIES LABELS "e2e" TIMEOUT 600
                        ENVIRONMENT "LLMRELAY_BIN=${CMAKE_BINARY_DIR}")
   file(STRINGS ${t} labels REGEX "^# ctest-labels:.*sanitize")
   if(labels AND LLMRELAY_ASAN_BUILD)
-    add_test(NAME asan.e2e.${n} COMMAND /usr/bin/python3 -m pytest -q -x -p no:cacheprovider ${t}
+    add_test(NAME asan.e2e.${n} COMMAND /usr/bin/python3 -m pytest -q -x -rs -p no:cacheprovider ${t}
              WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/chaos-tests)
     set_tests_properties(asan.e2e.${n} PROPERTIES LABELS "e2e;asan" TIMEOUT 900
                          ENVIRONMENT "LLMRELAY_BIN=${LLMRELAY_ASAN_BUILD};LLMRELAY_SANITIZED=1")

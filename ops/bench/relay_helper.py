@@ -10,7 +10,7 @@ Subcommands:
                                   two `cpu` snapshots, appends one JSON result line
   report OUT.jsonl                prints the result table and the ratios
   propagation ...                 config propagation time across two nodes (see --help)
-  body BYTES                      prints a chat-completions JSON body of exactly BYTES bytes
+  body BYTES [--stream] [--model M]  prints a chat-completions JSON body of exactly BYTES bytes
 
 Latency percentiles come from h2load's per-request log (third column: microseconds until the
 end of the response); only 2xx requests count. CPU per request = (utime+stime after - before)
@@ -234,6 +234,21 @@ def cmd_report(args):
             href = f", x{fmt(ratio(d, h['server_cpu_us']), 2)} of h2o's cpu per request" if h else ""
             print(f"wiping on its own at -c {c}: {d:+.1f} us cpu per request (median over rounds of "
                   f"llmrelay - llmrelay-nowipe; {fmt(100.0 * d / w['server_cpu_us'], 0)}% of llmrelay's{href})")
+        # the translated stream (OpenAI client -> anthropic-type upstream) against the
+        # passthrough stream of the same node, body and mock, measured in the same rounds
+        x, p = med.get(("llmrelay-xlate", c)), med.get(("llmrelay-stream", c))
+        if x and p and x["server_cpu_us"] is not None and p["server_cpu_us"] is not None:
+            pairs = [(a, b) for a, b in per_round("llmrelay-xlate", "llmrelay-stream", c)
+                     if a is not None and b is not None]
+            diffs = [a - b for a, b in pairs]
+            d = median(diffs) if diffs else x["server_cpu_us"] - p["server_cpu_us"]
+            rounds_txt = ""
+            if len(pairs) > 1:
+                rounds_txt = " (per round: " + ", ".join("%+.1f" % v for v in diffs) + " us)"
+            print(f"translation at -c {c}: llmrelay-xlate {fmt(x['server_cpu_us'], 1)} us cpu per request vs "
+                  f"llmrelay-stream (passthrough) {fmt(p['server_cpu_us'], 1)} us: {d:+.1f} us "
+                  f"(x{fmt(ratio(x['server_cpu_us'], p['server_cpu_us']), 2)}){rounds_txt}; "
+                  f"p50 {fmt_ms(x['p50_us'])} vs {fmt_ms(p['p50_us'])} ms")
     d = med.get(("direct", 1))
     if d and d["p50_us"] is not None:
         for t in ("llmrelay", "h2o"):
@@ -365,8 +380,8 @@ def cmd_propagation(args):
 # ---- request body -------------------------------------------------------------------------
 
 def cmd_body(args):
-    head = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"'
-    tail = '"}],"max_tokens":16}'
+    head = '{"model":%s,"messages":[{"role":"user","content":"' % json.dumps(args.model)
+    tail = '"}],"max_tokens":16%s}' % (',"stream":true' if args.stream else "")
     filler = args.bytes - len(head) - len(tail)
     if filler < 0:
         raise SystemExit("body too small")
@@ -405,6 +420,8 @@ def main():
     p.set_defaults(fn=cmd_propagation)
     p = sub.add_parser("body")
     p.add_argument("bytes", type=int)
+    p.add_argument("--stream", action="store_true", help='with "stream":true')
+    p.add_argument("--model", default="gpt-4o-mini")
     p.set_defaults(fn=cmd_body)
     args = ap.parse_args()
     args.fn(args)
