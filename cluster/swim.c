@@ -87,6 +87,8 @@ struct swim {
         uint64_t timeout_ms, end_ms;
     } probe;
     uint64_t next_probe_ms, next_gossip_ms, next_pushpull_ms;
+    uint64_t last_gossip_ms; /* last gossip round (regular or brought forward) */
+    bool gossip_early;       /* the next gossip round was brought forward for a verdict */
 
     relay_t relays[MAX_RELAYS];
     size_t n_relays; /* used */
@@ -170,15 +172,20 @@ static void health_add(swim_t *s, int delta)
 void swim_config_default(swim_config_t *cfg)
 {
     /* Tuned in the simulation (cluster/sim.c, ops/bench/swim-sim): a crash known to all
-     * within 5 s at N <= 100, yet no false verdict on a member paused 3 s under 5 % loss
-     * (min suspicion at N = 100 is 12 * 2 * 150 = 3.6 s; the 3.6 s floor gives smaller
-     * clusters, where log10 N < 2, the same margin over a 3 s pause). */
+     * within 5 s at N <= 100, yet no false verdict on a member paused 3 s under 5 % loss.
+     * A crash is known to all after: the first probe of the dead member (about exponential
+     * with mean one probe interval: N - 1 independent rounds each reach it once per N - 1
+     * probes; p99 about 0.7 s) + the probe (150 ms) + the min suspicion + the spread of the
+     * verdict (early gossip rounds: p99 under 0.1 s). The min suspicion (max of the 3.45 s
+     * floor and 11 * log10 N * 150 ms; 3.45 s up to N = 123) must outlast a 3 s pause plus the
+     * spread of the refutation to the first suspector (early rounds too): in the lossy hour
+     * the closest suspector still had about 0.5 s to go. */
     cfg->probe_interval_ms = 150;
     cfg->probe_timeout_ms = 75;
     cfg->indirect_k = 3;
-    cfg->suspicion_mult = 12;
+    cfg->suspicion_mult = 11;
     cfg->suspicion_max_mult = 6;
-    cfg->suspicion_min_ms = 3600;
+    cfg->suspicion_min_ms = 3450;
     cfg->retransmit_mult = 4;
     cfg->gossip_interval_ms = 200;
     cfg->gossip_nodes = 3;
@@ -392,6 +399,31 @@ static member_t *find(const swim_t *s, const char *name)
     return NULL;
 }
 
+/* A new member goes to a random place in the rest of the current probe round (SWIM paper,
+ * section 4.3; memberlist does the same), not to the next round: otherwise a member that
+ * joined just after every node started a round was probed by nobody for up to a whole round
+ * (N probe intervals), and a crash soon after its join went unnoticed that long. When the
+ * round is over (or none started), the reshuffle that begins the next one includes it. */
+static void probe_order_insert(swim_t *s, uint32_t idx)
+{
+    if (s->probe_pos >= s->probe_n)
+        return;
+    if (s->probe_n == s->probe_cap) {
+        size_t cap = s->probe_cap * 2;
+        uint32_t *p = realloc(s->probe_order, cap * sizeof(*p));
+        if (!p) {
+            s->probe_pos = s->probe_n; /* reshuffle on the next probe instead */
+            return;
+        }
+        s->probe_order = p;
+        s->probe_cap = cap;
+    }
+    size_t j = s->probe_pos + rng_below(s, (uint32_t)(s->probe_n - s->probe_pos + 1));
+    memmove(&s->probe_order[j + 1], &s->probe_order[j], (s->probe_n - j) * sizeof(*s->probe_order));
+    s->probe_order[j] = idx;
+    s->probe_n++;
+}
+
 static member_t *add_member(swim_t *s, const swim_record_t *rec, uint32_t inc, uint64_t now)
 {
     if (s->n_members >= s->cfg.max_members)
@@ -424,6 +456,7 @@ static member_t *add_member(swim_t *s, const swim_record_t *rec, uint32_t inc, u
     while (s->index[h])
         h = (h + 1) & mask;
     s->index[h] = (uint32_t)s->n_members;
+    probe_order_insert(s, (uint32_t)s->n_members - 1);
     return m;
 }
 
@@ -763,7 +796,29 @@ static void send_seq_msg(swim_t *s, const char *to, unsigned type, uint32_t seq,
 
 /* ---------------------------------------------------------------- applying updates */
 
-static void refute(swim_t *s, uint32_t accused_inc)
+/* A verdict (dead or left) just learned or made, or our own refutation, is news every member
+ * needs at once: bring the next gossip round forward to the next tick, with
+ * GOSSIP_EARLY_FANOUT_MULT times the usual fan-out, instead of letting the news wait up to a
+ * gossip interval at every hop of its spread (that wait was most of the time from the first
+ * verdict to the last member's; a one-shot push to gossip_nodes members left about e^-3 of
+ * them to the regular rounds). At most one early round per 1/GOSSIP_EARLY_GAP_DIV of the
+ * interval, so a burst of verdicts (a partition, a mass restart) costs a few rounds, not one
+ * per verdict. */
+#define GOSSIP_EARLY_FANOUT_MULT 3u
+#define GOSSIP_EARLY_GAP_DIV 4u
+static void gossip_soon(swim_t *s, uint64_t now)
+{
+    if (!s->cfg.gossip_interval_ms)
+        return;
+    uint64_t at = s->last_gossip_ms + s->cfg.gossip_interval_ms / GOSSIP_EARLY_GAP_DIV;
+    if (at < now)
+        at = now;
+    if (at < s->next_gossip_ms)
+        s->next_gossip_ms = at;
+    s->gossip_early = true;
+}
+
+static void refute(swim_t *s, uint64_t now, uint32_t accused_inc)
 {
     member_t *self = &s->members[0];
     if (s->leaving)
@@ -772,6 +827,7 @@ static void refute(swim_t *s, uint32_t accused_inc)
         self->info.incarnation = accused_inc + 1;
     queue_update(s, UPD_ALIVE, &self->info, NULL);
     health_add(s, 1);
+    gossip_soon(s, now);
 }
 
 static void suspicion_start(swim_t *s, member_t *m, uint64_t from_hash, uint64_t now)
@@ -831,7 +887,7 @@ static void apply_alive(swim_t *s, uint64_t now, const swim_record_t *rec, uint3
     if (!strcmp(rec->name, self->info.rec.name)) {
         /* someone claims a newer or different us: outbid it */
         if (inc > self->info.incarnation || (inc == self->info.incarnation && !record_eq(rec, &self->info.rec)))
-            refute(s, inc);
+            refute(s, now, inc);
         return;
     }
     member_t *m = find(s, rec->name);
@@ -859,6 +915,8 @@ static void apply_alive(swim_t *s, uint64_t now, const swim_record_t *rec, uint3
         push_event(s, SWIM_EVENT_UPDATE, &m->info);
     }
     queue_update(s, UPD_ALIVE, &m->info, NULL);
+    if (was == SWIM_SUSPECT) /* a refutation: it races the suspicion timeouts elsewhere */
+        gossip_soon(s, now);
 }
 
 static void apply_suspect(swim_t *s, uint64_t now, const char *name, uint32_t inc, const char *from)
@@ -868,7 +926,7 @@ static void apply_suspect(swim_t *s, uint64_t now, const char *name, uint32_t in
         return;
     if (m == &s->members[0]) {
         if (inc >= m->info.incarnation)
-            refute(s, inc);
+            refute(s, now, inc);
         else if (!s->leaving && !bq_has(s, m->info.rec.name)) /* the accuser missed our refutation: repeat it */
             queue_update(s, UPD_ALIVE, &m->info, NULL);
         return;
@@ -898,7 +956,7 @@ static void apply_dead(swim_t *s, uint64_t now, const char *name, uint32_t inc, 
         return;
     if (m == &s->members[0]) {
         if (inc >= m->info.incarnation)
-            refute(s, inc);
+            refute(s, now, inc);
         else if (!s->leaving && !bq_has(s, m->info.rec.name)) /* the accuser missed our refutation: repeat it */
             queue_update(s, UPD_ALIVE, &m->info, NULL);
         return;
@@ -910,6 +968,7 @@ static void apply_dead(swim_t *s, uint64_t now, const char *name, uint32_t inc, 
     m->changed_ms = now;
     push_event(s, leave ? SWIM_EVENT_LEFT : SWIM_EVENT_DEAD, &m->info);
     queue_update(s, leave ? UPD_LEAVE : UPD_DEAD, &m->info, from);
+    gossip_soon(s, now);
 }
 
 /* Parses (apply = false: validates only) the update section at r. */
@@ -1186,6 +1245,56 @@ static void join_send(swim_t *s, uint64_t now)
     s->next_join_ms = now + s->cfg.probe_interval_ms;
 }
 
+/* Forgets dead and left members after dead_reclaim_ms. The array is compacted in place
+ * (order kept) and the probe round carries on with the survivors' new indices: forcing a
+ * reshuffle instead restarted every node's round at the same moment (they all reclaim a
+ * member at about the same time), and a member not yet probed in the cut-short round could
+ * land at the end of the new one, two rounds without a probe from this node. */
+static void reclaim(swim_t *s, uint64_t now)
+{
+    uint64_t next = UINT64_MAX;
+    uint32_t *remap = NULL;
+    size_t kept = 1;
+    for (size_t i = 1; i < s->n_members; i++) {
+        member_t *m = &s->members[i];
+        bool gone = !is_live(m) && now >= m->changed_ms + s->cfg.dead_reclaim_ms;
+        if (gone && !remap) { /* first one: from here on indices move */
+            remap = malloc(s->n_members * sizeof(*remap));
+            if (!remap)
+                return; /* retried on the next tick */
+            for (size_t k = 0; k < i; k++)
+                remap[k] = (uint32_t)k;
+        }
+        if (remap)
+            remap[i] = gone ? UINT32_MAX : (uint32_t)kept;
+        if (gone)
+            continue;
+        if (!is_live(m) && m->changed_ms + s->cfg.dead_reclaim_ms < next)
+            next = m->changed_ms + s->cfg.dead_reclaim_ms;
+        if (kept != i)
+            s->members[kept] = *m;
+        kept++;
+    }
+    s->next_reclaim_ms = next;
+    if (!remap)
+        return;
+    size_t old_n = s->n_members, n = 0, pos = s->probe_pos;
+    s->n_members = kept;
+    index_rebuild(s);
+    for (size_t k = 0; k < s->probe_n; k++) {
+        uint32_t i = s->probe_order[k];
+        uint32_t to = i < old_n ? remap[i] : UINT32_MAX;
+        if (to == UINT32_MAX) {
+            pos -= k < s->probe_pos;
+            continue;
+        }
+        s->probe_order[n++] = to;
+    }
+    s->probe_n = n;
+    s->probe_pos = pos;
+    free(remap);
+}
+
 void swim_tick(swim_t *s, uint64_t now)
 {
     if (s->n_join_seeds && !s->leaving && now >= s->next_join_ms) {
@@ -1217,24 +1326,7 @@ void swim_tick(swim_t *s, uint64_t now)
     }
 
     if (now >= s->next_reclaim_ms) {
-        bool removed = false;
-        uint64_t next = UINT64_MAX;
-        for (size_t i = 1; i < s->n_members;) {
-            member_t *m = &s->members[i];
-            if (!is_live(m) && now >= m->changed_ms + s->cfg.dead_reclaim_ms) {
-                s->members[i] = s->members[--s->n_members];
-                removed = true;
-                continue;
-            }
-            if (!is_live(m) && m->changed_ms + s->cfg.dead_reclaim_ms < next)
-                next = m->changed_ms + s->cfg.dead_reclaim_ms;
-            i++;
-        }
-        s->next_reclaim_ms = next;
-        if (removed) {
-            index_rebuild(s);
-            s->probe_pos = s->probe_n; /* indices moved: reshuffle */
-        }
+        reclaim(s, now);
     }
 
     for (size_t i = 0; i < MAX_RELAYS && s->n_relays; i++) {
@@ -1257,7 +1349,9 @@ void swim_tick(swim_t *s, uint64_t now)
 
     if (s->cfg.gossip_interval_ms && now >= s->next_gossip_ms) {
         s->next_gossip_ms = now + s->cfg.gossip_interval_ms;
-        gossip_send(s, s->cfg.gossip_nodes);
+        s->last_gossip_ms = now;
+        gossip_send(s, s->gossip_early ? s->cfg.gossip_nodes * GOSSIP_EARLY_FANOUT_MULT : s->cfg.gossip_nodes);
+        s->gossip_early = false;
     }
 
     if (s->cfg.pushpull_interval_ms && now >= s->next_pushpull_ms && !s->leaving) {

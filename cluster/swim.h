@@ -8,7 +8,10 @@
  * inputs the outputs are identical: it runs unchanged in a simulation with a fake network.
  *
  * Protocol (SWIM + Lifeguard, as in hashicorp/memberlist):
- *   - Every probe interval the node pings the next member of a shuffled round-robin order.
+ *   - Every probe interval the node pings the next member of a shuffled round-robin order
+ *     (reshuffled each round; a new member goes to a random place in the rest of the current
+ *     round, and reclaiming dead members keeps the round going rather than restarting it, so
+ *     every member is probed by every node once per round).
  *     No ack within the probe timeout: it asks indirect_k other members to ping the target
  *     (ping-req); they answer with the target's ack, or a nack when the target stayed
  *     silent; and it pings the target once more itself (no piggybacked updates; the UDP
@@ -36,7 +39,11 @@
  *   - Updates (alive/suspect/dead/leave) are piggybacked on every datagram and also sent to
  *     gossip_nodes random members every gossip interval; each is sent
  *     retransmit_mult * ceil(log2(N + 1)) times, least-sent first, newer first, a newer
- *     update about a member replacing the older one.
+ *     update about a member replacing the older one. News that races a timer - a dead or
+ *     leave verdict, a refutation (our own, or a suspect we hear is alive) - brings the next
+ *     gossip round forward to the next tick with 3 x gossip_nodes targets (at most one such
+ *     round per quarter gossip interval), so it spreads in tens of ms instead of waiting up to
+ *     a gossip interval at every hop.
  *   - Push-pull: every pushpull_interval the node emits SWIM_EVENT_PUSHPULL naming a random
  *     member; the caller then exchanges swim_pushpull_state over TCP and merges the
  *     other side's with swim_pushpull_merge (remote dead is taken as suspect). A joining
@@ -87,9 +94,9 @@ typedef struct swim_config {
     uint32_t probe_interval_ms;    /* 150 */
     uint32_t probe_timeout_ms;     /* direct ack wait before ping-req, 75 */
     uint32_t indirect_k;           /* ping-req fan-out, 3 */
-    uint32_t suspicion_mult;       /* min suspicion = mult * max(1, log10 N) * interval, 12 */
+    uint32_t suspicion_mult;       /* min suspicion = mult * max(1, log10 N) * interval, 11 */
     uint32_t suspicion_max_mult;   /* max suspicion = max_mult * min, 6 */
-    uint32_t suspicion_min_ms;     /* floor of min suspicion (outlasts a pause at small N), 3600 */
+    uint32_t suspicion_min_ms;     /* floor of min suspicion (outlasts a pause at small N), 3450 */
     uint32_t retransmit_mult;      /* lambda, 4 */
     uint32_t gossip_interval_ms;   /* 200; 0 = piggyback only */
     uint32_t gossip_nodes;         /* 3 */

@@ -800,6 +800,186 @@ static void pair_new(swim_t **a, swim_t **b)
         ;
 }
 
+/* ---- probe rounds and early gossip, driven by hand: one node, its pings acked at once */
+
+static void solo_add_member(swim_t *a, const swim_config_t *cfg, int i, uint64_t now);
+
+/* Node n0 knowing n1..n<count> (alive, incarnation 0). */
+static swim_t *solo_with_members(const swim_config_t *cfg, int count, uint64_t now)
+{
+    swim_record_t r;
+    make_record(0, &r);
+    swim_t *a = swim_create(cfg, &r, 11, now);
+    assert_non_null(a);
+    for (int i = 1; i <= count; i++)
+        solo_add_member(a, cfg, i, now);
+    return a;
+}
+
+static void solo_add_member(swim_t *a, const swim_config_t *cfg, int i, uint64_t now)
+{
+    swim_record_t r;
+    make_record(i, &r);
+    swim_t *m = swim_create(cfg, &r, 100 + (uint64_t)i, now);
+    assert_non_null(m);
+    uint8_t st[512];
+    long n = swim_pushpull_state(m, st, sizeof(st));
+    assert_true(n > 0);
+    assert_int_equal(swim_pushpull_merge(a, now, st, (size_t)n), 0);
+    swim_destroy(m);
+}
+
+/* Ticks a for ms, acking every probe ping at once; the names pinged (probe pings only, not
+ * join pings) are appended to pinged[*n_pinged], gossip datagrams counted in *gossips. */
+static void solo_run(swim_t *a, uint64_t *now, uint64_t ms, char (*pinged)[SWIM_NAME_MAX], size_t cap, size_t *n_pinged,
+                     int *gossips)
+{
+    for (uint64_t end = *now + ms; *now < end;) {
+        *now += STEP_MS;
+        swim_tick(a, *now);
+        swim_datagram_t d;
+        while (swim_pop_datagram(a, &d)) {
+            if (d.len >= 2 && d.data[1] == 5 /* MSG_GOSSIP */ && gossips)
+                (*gossips)++;
+            if (d.len < 8 || d.data[1] != 1 /* MSG_PING */ || !d.data[6])
+                continue;
+            size_t name_len = d.data[6];
+            if (pinged && *n_pinged < cap) {
+                memcpy(pinged[*n_pinged], d.data + 7, name_len);
+                pinged[(*n_pinged)++][name_len] = 0;
+            }
+            uint8_t ack[8] = {SWIM_WIRE_VERSION, 2 /* MSG_ACK */, d.data[2], d.data[3], d.data[4], d.data[5], 0};
+            swim_on_message(a, *now, d.to, ack, 7);
+        }
+        swim_event_t e;
+        while (swim_pop_event(a, &e))
+            ;
+    }
+}
+
+/* A gossip datagram carrying one dead update about `name` (incarnation 0), from n1. */
+static size_t dead_msg(uint8_t *msg, const char *name)
+{
+    size_t len = 0, nl = strlen(name);
+    msg[len++] = SWIM_WIRE_VERSION;
+    msg[len++] = 5; /* MSG_GOSSIP */
+    msg[len++] = 1;
+    msg[len++] = 3; /* UPD_DEAD */
+    msg[len++] = 0;
+    msg[len++] = (uint8_t)(1 + nl + 4 + 1 + 2);
+    msg[len++] = (uint8_t)nl;
+    memcpy(msg + len, name, nl);
+    len += nl;
+    memset(msg + len, 0, 4);
+    len += 4;
+    msg[len++] = 2;
+    memcpy(msg + len, "n1", 2);
+    len += 2;
+    return len;
+}
+
+/* A member that joins mid-round is probed in that round (SWIM's random insertion), not only
+ * in the next one: before any member is probed a second time. (It used to wait for the next
+ * round, up to N probe intervals in which nobody probed it.) */
+static void test_probe_round_includes_new_member(void **state)
+{
+    (void)state;
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    cfg.pushpull_interval_ms = 0;
+    for (uint64_t round = 0; round < 4; round++) {
+        uint64_t now = 1000;
+        swim_t *a = solo_with_members(&cfg, 20, now);
+        char pinged[80][SWIM_NAME_MAX];
+        size_t n = 0;
+        solo_run(a, &now, cfg.probe_interval_ms * (4 + round * 4), pinged, 80, &n, NULL); /* into round 1 */
+        size_t before = n;
+        assert_true(before >= 3 && before < 20);
+        solo_add_member(a, &cfg, 21, now);
+        solo_run(a, &now, cfg.probe_interval_ms * 30, pinged, 80, &n, NULL);
+        size_t first_new = SIZE_MAX, first_repeat = SIZE_MAX;
+        for (size_t i = 0; i < n; i++) {
+            if (!strcmp(pinged[i], "n21") && first_new == SIZE_MAX)
+                first_new = i;
+            for (size_t j = 0; j < i && first_repeat == SIZE_MAX; j++)
+                if (!strcmp(pinged[i], pinged[j]))
+                    first_repeat = i;
+        }
+        assert_true(first_new >= before && first_new != SIZE_MAX);
+        assert_true(first_new < first_repeat);
+        assert_int_equal(first_repeat, 21); /* 20 + the new one, each once, then round 2 */
+        swim_destroy(a);
+    }
+}
+
+/* Reclaiming a dead member mid-round does not restart the round: every live member is still
+ * probed exactly once before any is probed again. (A restart, at about the same moment on
+ * every node, could leave a member unprobed by a node for up to two rounds.) */
+static void test_probe_round_survives_reclaim(void **state)
+{
+    (void)state;
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    cfg.pushpull_interval_ms = 0;
+    cfg.dead_reclaim_ms = 300;
+    for (int victim = 2; victim <= 20; victim += 6) {
+        uint64_t now = 1000;
+        swim_t *a = solo_with_members(&cfg, 20, now);
+        char pinged[80][SWIM_NAME_MAX];
+        size_t n = 0;
+        solo_run(a, &now, cfg.probe_interval_ms * 5, pinged, 80, &n, NULL);
+        char vname[16];
+        snprintf(vname, sizeof(vname), "n%d", victim);
+        uint8_t msg[64];
+        size_t len = dead_msg(msg, vname);
+        char from[SWIM_NAME_MAX];
+        addr_of(1, from);
+        swim_on_message(a, now, from, msg, len);
+        swim_member_info_t mi;
+        assert_true(swim_member_find(a, vname, &mi));
+        assert_int_equal(mi.status, SWIM_DEAD);
+        solo_run(a, &now, cfg.probe_interval_ms * 40, pinged, 80, &n, NULL);
+        assert_false(swim_member_find(a, vname, &mi)); /* reclaimed mid-round */
+        /* the first round: the 19 live members once each (and the victim if probed before) */
+        size_t round_len = 19;
+        for (size_t i = 0; i < 5; i++)
+            round_len += !strcmp(pinged[i], vname);
+        assert_true(n > round_len);
+        for (size_t i = 0; i < round_len; i++)
+            for (size_t j = 0; j < i; j++)
+                assert_string_not_equal(pinged[i], pinged[j]);
+        swim_destroy(a);
+    }
+}
+
+/* A dead verdict heard by gossip is passed on at the next tick to 3 x gossip_nodes members,
+ * not at the next regular gossip round; the regular rounds then go on as before. */
+static void test_dead_verdict_gossiped_early(void **state)
+{
+    (void)state;
+    swim_config_t cfg;
+    swim_config_default(&cfg);
+    cfg.pushpull_interval_ms = 0;
+    uint64_t now = 1000;
+    swim_t *a = solo_with_members(&cfg, 20, now);
+    solo_run(a, &now, 60000, NULL, 0, NULL, NULL); /* the alive updates run out */
+    assert_int_equal(swim_broadcast_count(a), 0);
+    int gossips = 0;
+    solo_run(a, &now, cfg.gossip_interval_ms / 2, NULL, 0, NULL, &gossips);
+    assert_int_equal(gossips, 0); /* nothing queued: no gossip */
+    uint8_t msg[64];
+    size_t len = dead_msg(msg, "n7");
+    char from[SWIM_NAME_MAX];
+    addr_of(1, from);
+    swim_on_message(a, now, from, msg, len);
+    solo_run(a, &now, cfg.gossip_interval_ms / 4 + STEP_MS, NULL, 0, NULL, &gossips);
+    assert_int_equal(gossips, (int)(3 * cfg.gossip_nodes));
+    gossips = 0;
+    solo_run(a, &now, cfg.gossip_interval_ms, NULL, 0, NULL, &gossips);
+    assert_int_equal(gossips, (int)cfg.gossip_nodes); /* then one regular round */
+    swim_destroy(a);
+}
+
 /* A probe with no ack by the probe timeout sends the target a second direct ping (same
  * sequence number, no piggybacked updates) alongside the ping-reqs: one lost datagram is not
  * enough for a suspicion. */
@@ -948,6 +1128,9 @@ int main(void)
         cmocka_unit_test(test_probe_second_ping),
         cmocka_unit_test(test_stale_accusation_no_flood),
         cmocka_unit_test(test_relay_second_ping),
+        cmocka_unit_test(test_probe_round_includes_new_member),
+        cmocka_unit_test(test_probe_round_survives_reclaim),
+        cmocka_unit_test(test_dead_verdict_gossiped_early),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,9 +1,10 @@
-/* Targets of issue 4 asserted on the SWIM simulation (cluster/sim.h) at N = 100: a crash
- * known to every member p99 <= 5 s; a join and a leave known to every member p99 <= 2 s (a
- * CI proxy of the N = 1000 target, which ops/bench/swim-sim reports); no false DEAD in a
- * simulated hour with 5 % loss and a random member paused 3 s every minute; and the same
- * seed giving the same figures. Also at N = 10: no false DEAD in the lossy hour (small
- * clusters rely on the suspicion_min_ms floor).
+/* Targets of issue 4 asserted on the SWIM simulation (cluster/sim.h) at N = 100, over several
+ * seeds: a crash known to every member p99 <= 5 s (and <= 4.6 s on average over the seeds); a
+ * join and a leave known to every member p99 <= 2 s (a CI proxy of the N = 1000 target, which
+ * ops/bench/swim-sim reports); no false DEAD in a simulated hour with 5 % loss and a random
+ * member paused 3 s every minute (two seeds); and the same seed giving the same figures.
+ * Also at N = 10: no false DEAD in the lossy hour (three seeds; small clusters rely on the
+ * suspicion_min_ms floor).
  *
  * Under a sanitizer (or with SWIM_SIM_SMALL=1) the runs are scaled down (fewer rounds, a
  * 10-minute lossy run) to fit the ASan time budget; what ran is printed. */
@@ -42,64 +43,80 @@ static void print_dist(const char *what, const sim_dist_t *d)
            (unsigned long long)d->p50_ms, (unsigned long long)d->p99_ms, (unsigned long long)d->max_ms, d->timeouts);
 }
 
+/* The crash target over several seeds: one seed's figure is the worst of its rounds, and the
+ * time to the first probe of a dead member is about exponential (mean one probe interval), so
+ * a single seed can pass or fail by luck (a member that joined mid-round and was left out of
+ * every node's probe round until the next one gave 5.7 s at one seed in six). Every seed must
+ * meet the target; their mean p99 must keep a margin under it. */
 static void test_membership_targets_n100(void **state)
 {
     (void)state;
-    uint32_t rounds = small_run() ? 20 : 40;
+    uint32_t rounds = small_run() ? 15 : 30, seeds = small_run() ? 3 : 8;
+    uint64_t sum_p99 = 0, worst_p99 = 0;
+    for (uint32_t seed = 1; seed <= seeds; seed++) {
+        sim_params_t p;
+        sim_params_default(&p, 100, seed);
+        sim_membership_t m;
+        assert_int_equal(sim_measure_membership(&p, rounds, seed == 1 ? 10000 : 2000, &m), 0);
+        printf("N=100 seed %u, %u rounds (%llu s simulated):\n", seed, rounds, (unsigned long long)m.sim_ms / 1000);
+        print_dist("crash", &m.crash);
+        print_dist("join", &m.join);
+        print_dist("leave", &m.leave);
+        printf("  %.0f datagram bytes/node/s, false DEAD %llu\n", m.bytes_per_node_s,
+               (unsigned long long)m.counters.false_dead);
+        assert_int_equal(m.crash.samples, rounds);
+        assert_int_equal(m.join.samples, 2 * rounds);
+        assert_int_equal(m.leave.samples, rounds);
+        assert_true(m.crash.p99_ms <= 5000);
+        assert_true(m.join.p99_ms <= 2000);
+        assert_true(m.leave.p99_ms <= 2000);
+        assert_int_equal(m.counters.false_dead, 0);
+        assert_int_equal(m.counters.dead_about_left, 0);
+        assert_true(m.bytes_per_node_s > 0 && m.bytes_per_node_s < 2000);
+        sum_p99 += m.crash.p99_ms;
+        if (m.crash.p99_ms > worst_p99)
+            worst_p99 = m.crash.p99_ms;
+    }
+    printf("crash p99 over %u seeds: mean %llu ms, worst %llu ms\n", seeds, (unsigned long long)(sum_p99 / seeds),
+           (unsigned long long)worst_p99);
+    assert_true(sum_p99 / seeds <= 4600);
+}
+
+static void lossy_hour(uint32_t n, uint64_t seed, uint64_t duration_ms, sim_lossy_t *l)
+{
     sim_params_t p;
-    sim_params_default(&p, 100, 7);
-    sim_membership_t m;
-    assert_int_equal(sim_measure_membership(&p, rounds, 10000, &m), 0);
-    printf("N=100, %u rounds (%llu s simulated):\n", rounds, (unsigned long long)m.sim_ms / 1000);
-    print_dist("crash", &m.crash);
-    print_dist("join", &m.join);
-    print_dist("leave", &m.leave);
-    printf("  %.0f datagram bytes/node/s, false DEAD %llu\n", m.bytes_per_node_s,
-           (unsigned long long)m.counters.false_dead);
-    assert_int_equal(m.crash.samples, rounds);
-    assert_int_equal(m.join.samples, 2 * rounds);
-    assert_int_equal(m.leave.samples, rounds);
-    assert_true(m.crash.p99_ms <= 5000);
-    assert_true(m.join.p99_ms <= 2000);
-    assert_true(m.leave.p99_ms <= 2000);
-    assert_int_equal(m.counters.false_dead, 0);
-    assert_int_equal(m.counters.dead_about_left, 0);
-    assert_true(m.bytes_per_node_s > 0 && m.bytes_per_node_s < 2000);
+    sim_params_default(&p, n, seed);
+    p.loss_pm = 50;
+    assert_int_equal(sim_measure_lossy(&p, duration_ms, 60000, 3000, l), 0);
+    printf("N=%u seed %llu, %llu s with 5 %% loss, %u pauses of 3 s: false DEAD %llu, SUSPECT %llu, %.0f "
+           "bytes/node/s\n",
+           n, (unsigned long long)seed, (unsigned long long)duration_ms / 1000, l->pauses,
+           (unsigned long long)l->false_dead, (unsigned long long)l->suspects, l->bytes_per_node_s);
+    assert_int_equal(l->false_dead, 0);
+    assert_int_equal(l->dead_about_left, 0);
+    assert_true(l->pauses >= duration_ms / 60000);
 }
 
 static void test_no_false_dead_lossy_hour_n100(void **state)
 {
     (void)state;
     uint64_t duration_ms = small_run() ? 600000 : 3600000;
-    sim_params_t p;
-    sim_params_default(&p, 100, 11);
-    p.loss_pm = 50;
-    sim_lossy_t l;
-    assert_int_equal(sim_measure_lossy(&p, duration_ms, 60000, 3000, &l), 0);
-    printf("N=100, %llu s with 5 %% loss, %u pauses of 3 s: false DEAD %llu, SUSPECT %llu, %.0f bytes/node/s\n",
-           (unsigned long long)duration_ms / 1000, l.pauses, (unsigned long long)l.false_dead,
-           (unsigned long long)l.suspects, l.bytes_per_node_s);
-    assert_int_equal(l.false_dead, 0);
-    assert_int_equal(l.dead_about_left, 0);
-    assert_true(l.pauses >= duration_ms / 60000);
+    for (uint64_t seed = 11; seed <= (small_run() ? 11u : 12u); seed++) {
+        sim_lossy_t l;
+        lossy_hour(100, seed, duration_ms, &l);
+    }
 }
 
-/* At N = 10 the log10 N scaling alone gave a 1.8 s minimum suspicion, shorter than the pause:
+/* At N = 10 the log10 N scaling alone gives a 1.65 s minimum suspicion, shorter than the pause:
  * the suspicion_min_ms floor must hold it. Cheap (10 members), so the full hour always runs. */
 static void test_no_false_dead_lossy_hour_n10(void **state)
 {
     (void)state;
-    sim_params_t p;
-    sim_params_default(&p, 10, 13);
-    p.loss_pm = 50;
-    sim_lossy_t l;
-    assert_int_equal(sim_measure_lossy(&p, 3600000, 60000, 3000, &l), 0);
-    printf("N=10, 3600 s with 5 %% loss, %u pauses of 3 s: false DEAD %llu, SUSPECT %llu, %.0f bytes/node/s\n",
-           l.pauses, (unsigned long long)l.false_dead, (unsigned long long)l.suspects, l.bytes_per_node_s);
-    assert_int_equal(l.false_dead, 0);
-    assert_int_equal(l.dead_about_left, 0);
-    assert_true(l.pauses >= 60);
-    assert_true(l.suspects > 0); /* the pauses were noticed */
+    for (uint64_t seed = 13; seed <= 15; seed++) {
+        sim_lossy_t l;
+        lossy_hour(10, seed, 3600000, &l);
+        assert_true(l.suspects > 0); /* the pauses were noticed */
+    }
 }
 
 static void test_same_seed_same_figures(void **state)
