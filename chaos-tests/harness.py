@@ -692,6 +692,23 @@ def wait_key_visible(node, secret, model, timeout=15):
     wait_for(visible, timeout, "key + model %s visible on node %s" % (model, node.name))
 
 
+def sse(text):
+    """(event name or None, data text) of each event of an SSE body."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            out.append((name, "\n".join(data)))
+    return out
+
+
 def chat_body(text="hello there", stream=False, **kw):
     body = {"model": kw.pop("model"), "messages": [{"role": "user", "content": text}],
             "stream": stream}

@@ -92,19 +92,7 @@ def gem_auth(secret, how):
 
 def sse_blocks(text):
     """The event blocks of an SSE body, as (event name or None, data dict) pairs."""
-    out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            out.append((name, json.loads("\n".join(data))))
-    return out
+    return [(name, json.loads(data)) for name, data in harness.sse(text)]
 
 
 def anth_events(text):

@@ -32,7 +32,7 @@ import re
 
 import pytest
 
-from harness import Route, wait_for, wait_key_visible
+from harness import Route, sse, wait_for, wait_key_visible
 
 FORMATS = ["openai", "anthropic", "gemini"]
 CASES = [(c, u, s) for c in FORMATS for u in FORMATS for s in (False, True)]
@@ -140,8 +140,9 @@ def gemini_array(upstream):
     return upstream == "anthropic"
 
 
-def send(node, fmt, upstream, route, body, stream):
-    """Sends body in the client's format; returns (status, headers, text)."""
+def client_call(fmt, route, stream, alt_sse=True):
+    """(path, headers, params) of a request in the client's format: its endpoint and its way
+    of passing the key (Gemini's stream as SSE unless alt_sse is false)."""
     headers = {"content-type": "application/json"}
     params = {}
     if fmt == "openai":
@@ -155,8 +156,14 @@ def send(node, fmt, upstream, route, body, stream):
         path = "/v1beta/models/%s:%s" % (route.model, "streamGenerateContent" if stream
                                          else "generateContent")
         headers["x-goog-api-key"] = route.secret
-        if stream and not gemini_array(upstream):
+        if stream and alt_sse:
             params["alt"] = "sse"
+    return path, headers, params
+
+
+def send(node, fmt, upstream, route, body, stream):
+    """Sends body in the client's format; returns (status, headers, text)."""
+    path, headers, params = client_call(fmt, route, stream, not gemini_array(upstream))
     with node.client() as c:
         with c.stream("POST", path, content=json.dumps(body).encode(), headers=headers,
                       params=params) as r:
@@ -166,23 +173,6 @@ def send(node, fmt, upstream, route, body, stream):
 
 
 # ------------------------------------------------------------ client answer readers
-
-def sse(text):
-    """(event name or None, data text) of each SSE event."""
-    out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            out.append((name, "\n".join(data)))
-    return out
-
 
 def check_model(fmt, stream, upstream, text, model):
     """The answer names the model the client asked for."""
@@ -632,15 +622,7 @@ def test_deep_nesting_refused(tnode, mock, fmt, upstream):
     schema = json.dumps(TOOL_SCHEMA)
     assert schema in raw
     raw = raw.replace(schema, deep, 1)
-    headers = {"content-type": "application/json"}
-    params = {}
-    if fmt == "openai":
-        path, headers["authorization"] = "/v1/chat/completions", "Bearer " + route.secret
-    elif fmt == "anthropic":
-        path, headers["x-api-key"] = "/v1/messages", route.secret
-    else:
-        path = "/v1beta/models/%s:generateContent" % route.model
-        headers["x-goog-api-key"] = route.secret
+    path, headers, params = client_call(fmt, route, False)
     with tnode.client() as c:
         r = c.post(path, content=raw.encode(), headers=headers, params=params)
     assert r.status_code == 400, (r.status_code, r.text[:300])
@@ -997,16 +979,7 @@ def test_client_leaves_translated_stream(tnode, mock, fmt, upstream):
     route = fresh_route(tnode, mock, upstream)
     body = build_body(fmt, route.model, True, "b64", "[[mock:chunks=40,delay_ms=25]]")
     body.pop("tools")
-    headers = {"content-type": "application/json"}
-    params = {}
-    if fmt == "openai":
-        path, headers["authorization"] = "/v1/chat/completions", "Bearer " + route.secret
-    elif fmt == "anthropic":
-        path, headers["x-api-key"] = "/v1/messages", route.secret
-    else:
-        path = "/v1beta/models/%s:streamGenerateContent" % route.model
-        headers["x-goog-api-key"] = route.secret
-        params["alt"] = "sse"
+    path, headers, params = client_call(fmt, route, True)
     with tnode.client() as c:
         with c.stream("POST", path, content=json.dumps(body).encode(), headers=headers,
                       params=params) as r:
@@ -1043,16 +1016,7 @@ def test_translated_stream_not_buffered(tnode, mock, fmt, upstream):
     route = fresh_route(tnode, mock, upstream)
     body = build_body(fmt, route.model, True, "url", "[[mock:chunks=4,delay_ms=300]]")
     body.pop("tools")
-    headers = {"content-type": "application/json"}
-    params = {}
-    if fmt == "openai":
-        path, headers["authorization"] = "/v1/chat/completions", "Bearer " + route.secret
-    elif fmt == "anthropic":
-        path, headers["x-api-key"] = "/v1/messages", route.secret
-    else:
-        path = "/v1beta/models/%s:streamGenerateContent" % route.model
-        headers["x-goog-api-key"] = route.secret
-        params["alt"] = "sse"
+    path, headers, params = client_call(fmt, route, True)
     seen = {}
     text = ""
     with tnode.client() as c:
@@ -1079,17 +1043,7 @@ def test_concurrent_mixed_streams(tnode, mock):
         route = routes[upstream]
         body = build_body(fmt, route.model, True, "b64", "[[mock:chunks=20,delay_ms=10]]")
         body.pop("tools")
-        headers = {"content-type": "application/json"}
-        params = {}
-        if fmt == "openai":
-            path, headers["authorization"] = "/v1/chat/completions", "Bearer " + route.secret
-        elif fmt == "anthropic":
-            path, headers["x-api-key"] = "/v1/messages", route.secret
-        else:
-            path = "/v1beta/models/%s:streamGenerateContent" % route.model
-            headers["x-goog-api-key"] = route.secret
-            if not gemini_array(upstream):
-                params["alt"] = "sse"
+        path, headers, params = client_call(fmt, route, True, not gemini_array(upstream))
         return path, json.dumps(body).encode(), headers, params
 
     async def run():
