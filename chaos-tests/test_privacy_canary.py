@@ -6,7 +6,10 @@ every answer they write (--reply-text). They travel through every endpoint (chat
 completions, embeddings, responses), stream and non-stream, over HTTP/2 + TLS, HTTP/1.1 +
 TLS and cleartext HTTP/1.1, to a cleartext upstream (the node's h2o HTTP/1.1 client) and to
 a TLS upstream (libcurl + OpenSSL, HTTP/2), including requests that fail: unknown model,
-upstream 500, client abort mid-stream, malformed JSON. Once every request has its metadata
+upstream 500, client abort mid-stream, malformed JSON; and every client API (OpenAI,
+Anthropic, Gemini) to Anthropic- and Gemini-type upstreams on both mocks, stream and
+non-stream, a translated stream the client aborts, and an untranslatable field (issue 5's
+translation paths, whose parsers and writers hold content too). Once every request has its metadata
 line and every connection is closed, the test searches for the canaries in:
   - the node's stdout and stderr files;
   - everything under --data-dir (recursively, as bytes) and etcd's data directory;
@@ -109,6 +112,8 @@ def _send_all(node, routes, canaries):
 
     for tname, make_client in _transports(node).items():
         for uname, route in routes.items():
+            if route.type != "openai":
+                continue  # translated paths: _send_translated
             with make_client() as c:
                 for ep, (path, build) in ENDPOINTS.items():
                     # non-stream, then stream
@@ -163,7 +168,63 @@ def _send_all(node, routes, canaries):
                               headers=route.headers(**{"x-request-id": rid()})) as s:
                     assert s.status_code == 200
                     next(s.iter_raw())
+    _send_translated(node, routes, canaries, rid, seen)
     return rids, seen
+
+
+def _translated_request(fmt, route, text, stream):
+    """(path, headers, params, body) of a chat request in client format fmt, with the text in
+    the system prompt and in the user turn."""
+    if fmt == "openai":
+        return ("/v1/chat/completions", {"authorization": "Bearer " + route.secret}, {},
+                {"model": route.model, "stream": stream, "max_tokens": 64,
+                 "messages": [{"role": "system", "content": "sys " + text},
+                              {"role": "user", "content": text}]})
+    if fmt == "anthropic":
+        return ("/v1/messages", {"x-api-key": route.secret, "anthropic-version": "2023-06-01"},
+                {}, {"model": route.model, "stream": stream, "max_tokens": 64,
+                     "system": "sys " + text, "messages": [{"role": "user", "content": text}]})
+    path = "/v1beta/models/%s:%s" % (route.model, "streamGenerateContent" if stream
+                                     else "generateContent")
+    return (path, {"x-goog-api-key": route.secret}, {"alt": "sse"} if stream else {},
+            {"systemInstruction": {"parts": [{"text": "sys " + text}]},
+             "contents": [{"role": "user", "parts": [{"text": text}]}],
+             "generationConfig": {"maxOutputTokens": 64}})
+
+
+def _send_translated(node, routes, canaries, rid, seen):
+    """Every client format to every provider type but OpenAI to OpenAI (sent above), stream
+    and non-stream, over HTTP/2 + TLS, to both mocks; then a translated stream the client
+    aborts, and an untranslatable field (refused before anything goes upstream)."""
+    for uname, route in routes.items():
+        if route.type == "openai":
+            continue
+        for fmt in ("openai", "anthropic", "gemini"):
+            with node.client() as c:
+                for stream in (False, True):
+                    text = "%s go %s" % (canaries.new_prompt("h2-tls %s %s->%s stream=%s" % (
+                        uname, fmt, route.type, stream)), directive(chunks=6))
+                    path, headers, params, body = _translated_request(fmt, route, text, stream)
+                    headers["x-request-id"] = rid()
+                    r = c.post(path, json=body, headers=headers, params=params)
+                    assert r.status_code == 200, (uname, fmt, stream, r.status_code, r.text[:300])
+                    seen.append(r.text)
+            with node.client() as c:
+                text = "%s %s" % (canaries.new_prompt("h2-tls %s %s->%s client abort" % (
+                    uname, fmt, route.type)), directive(chunks=40, delay_ms=20))
+                path, headers, params, body = _translated_request(fmt, route, text, True)
+                headers["x-request-id"] = rid()
+                with c.stream("POST", path, json=body, headers=headers, params=params) as s:
+                    assert s.status_code == 200
+                    next(s.iter_raw())
+    route = routes["plain-anthropic"]
+    with node.client() as c:
+        path, headers, params, body = _translated_request(
+            "openai", route, canaries.new_prompt("h2-tls untranslatable n=2"), False)
+        body["n"] = 2
+        headers["x-request-id"] = rid()
+        r = c.post(path, json=body, headers=headers, params=params)
+        assert r.status_code == 400, (r.status_code, r.text[:300])
 
 
 def _search_bytes(data, canaries, where, found):
@@ -234,7 +295,11 @@ def test_no_canary_anywhere(etcd, nodes, plain_mock, tls_mock, pki, workdir):
         pytest.skip("the memory scan needs root (/proc/PID/mem of a non-dumpable process)")
     t0 = time.monotonic()
     node = nodes.start("canary", upstream_ca=pki["ca"])
-    routes = {"plain-upstream": Route(node, plain_mock), "tls-upstream": Route(node, tls_mock)}
+    routes = {"plain-upstream": Route(node, plain_mock), "tls-upstream": Route(node, tls_mock),
+              "plain-anthropic": Route(node, plain_mock, type_="anthropic"),
+              "tls-anthropic": Route(node, tls_mock, type_="anthropic"),
+              "plain-gemini": Route(node, plain_mock, type_="gemini"),
+              "tls-gemini": Route(node, tls_mock, type_="gemini")}
     for r in routes.values():
         wait_key_visible(node, r.secret, r.model)
     canaries = Canaries()
