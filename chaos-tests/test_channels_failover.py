@@ -1,4 +1,4 @@
-# ctest-labels: e2e
+# ctest-labels: e2e sanitize
 """Channel failover (issue 5): one model served by several providers / upstream keys on the
 mock, each channel driven by its own fault script (`POST /mock/script`), and /mock/stats as
 the ground truth of which channel saw what.

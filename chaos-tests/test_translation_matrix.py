@@ -1,4 +1,4 @@
-# ctest-labels: e2e
+# ctest-labels: e2e sanitize
 """Any model from any format (issue 5 item 2): the 3 x 3 matrix of client format {openai,
 anthropic, gemini} x upstream provider type {openai, anthropic, gemini}, stream and not.
 
