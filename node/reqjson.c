@@ -10,6 +10,7 @@
  * edits by offset and copies the body around them into the caller's wipe_buf_t, sized once.
  * Errors carry fixed texts only. */
 #include "node/reqjson.h"
+#include "node/jtree.h"
 #include "node/util.h"
 
 #include <assert.h>
@@ -115,56 +116,6 @@ static int fail(ctx_t *c, int rc, const char *msg, bool at_byte)
     return 0;
 }
 
-/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF. yajl's
- * own check accepts all three, and a decoded "\uDC00" escape yields a surrogate too. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        if (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if ((w & 0x8080808080808080ULL) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t more;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            more = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            more = 2;
-            if (b == 0xE0)
-                lo = 0xA0;
-            else if (b == 0xED)
-                hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            more = 3;
-            if (b == 0xF0)
-                lo = 0x90;
-            else if (b == 0xF4)
-                hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i <= more)
-            return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= more; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += more + 1;
-    }
-    return true;
-}
-
 /* Parses a JSON number's text as a non-negative int64; false if it is anything else. */
 static bool parse_count(const char *s, size_t n, int64_t *out)
 {
@@ -232,7 +183,7 @@ static int on_value(ctx_t *c, val_type_t t, int b, const unsigned char *s, size_
         return 0;
     if (c->depth == 0)
         return fail(c, -EINVAL, "body must be a JSON object", false);
-    if (t == VAL_STRING && !utf8_valid(s, n))
+    if (t == VAL_STRING && !jtree_utf8_valid(s, n))
         return fail(c, -EINVAL, "invalid UTF-8 in a string", true);
     reqjson_info_t *info = c->info;
     if (c->opts_key_usage) {
@@ -407,7 +358,7 @@ static int cb_map_key(void *data, const unsigned char *k, size_t n)
     ctx_t *c = data;
     if (c->rc != 0)
         return 0;
-    if (!utf8_valid(k, n))
+    if (!jtree_utf8_valid(k, n))
         return fail(c, -EINVAL, "invalid UTF-8 in a string", true);
     if (c->depth == 1) {
         c->info->spans.has_members = true;
@@ -695,7 +646,7 @@ int reqjson_rewrite(reqjson_endpoint_t ep, const uint8_t *body, size_t len, cons
     }
     set_err(err, errlen, "%s", "");
     size_t model_len = rw->model != NULL ? strlen(rw->model) : 0;
-    if (rw->model != NULL && !utf8_valid((const unsigned char *)rw->model, model_len)) {
+    if (rw->model != NULL && !jtree_utf8_valid((const unsigned char *)rw->model, model_len)) {
         set_err(err, errlen, "invalid UTF-8 in the configured model");
         return -EINVAL;
     }

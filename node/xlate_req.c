@@ -1,77 +1,27 @@
 /* xlate_req: request translation between the OpenAI, Anthropic and Gemini chat formats (see xlate_req.h).
  *
  * Memory: the parsed tree, every string in it and the intermediate form live in one arena whose
- * blocks are wiped when freed; yajl gets the wiping allocators; scratch buffers are wipe_buf_t.
+ * blocks are wiped when freed (node/jtree.h: the parser, with yajl on the wiping allocators, and
+ * the JSON writer); scratch buffers are wipe_buf_t.
  * Errors: the first one wins and is formatted once into the caller's err from fixed texts,
  * indices and safe identifiers. */
 #include "node/xlate_req.h"
+#include "node/jtree.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_parse.h>
 
 /* Field paths are built into fixed buffers; a path cut short in an error message is harmless. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 #endif
 
-/* ---- arena ---------------------------------------------------------------------------------- */
-
-typedef struct arena_block {
-    struct arena_block *next;
-    size_t used, cap;
-    _Alignas(16) uint8_t data[];
-} arena_block_t;
-
-typedef struct arena {
-    arena_block_t *head;
-} arena_t;
-
-#define ARENA_BLOCK 16384
-
-static void *arena_alloc(arena_t *a, size_t n)
-{
-    n = (n + 15) & ~(size_t)15;
-    if (a->head == NULL || a->head->cap - a->head->used < n) {
-        size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
-        arena_block_t *b = malloc(sizeof *b + cap);
-        if (b == NULL)
-            return NULL;
-        b->used = 0;
-        b->cap = cap;
-        if (a->head != NULL && cap > ARENA_BLOCK) { /* a big one-off: keep the current block in front */
-            b->next = a->head->next;
-            a->head->next = b;
-        } else {
-            b->next = a->head;
-            a->head = b;
-        }
-        b->used = n;
-        memset(b->data, 0, n);
-        return b->data;
-    }
-    void *p = a->head->data + a->head->used;
-    a->head->used += n;
-    memset(p, 0, n);
-    return p;
-}
-
-static void arena_free(arena_t *a)
-{
-    while (a->head != NULL) {
-        arena_block_t *next = a->head->next;
-        wipe_free(a->head);
-        a->head = next;
-    }
-}
-
 /* ---- errors --------------------------------------------------------------------------------- */
 
 typedef struct ctx {
-    arena_t arena;
+    jarena_t arena; /* unbounded */
     xlate_format_t from, to;
     int rc;
     char *err;
@@ -112,208 +62,23 @@ const char *xlate_req_format_name(xlate_format_t f)
 
 /* ---- the tree ------------------------------------------------------------------------------- */
 
-typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_OBJ, J_ARR } jtype_t;
-
-typedef struct jnode {
-    jtype_t type;
-    bool b;
-    const char *s; /* J_STR: the decoded bytes (NUL-terminated copy); J_NUM: the number's text */
-    size_t n;
-    const char *key; /* as a member of an object */
-    size_t keylen;
-    struct jnode *first, *last, *next, *parent;
-    size_t count;
-} jnode_t;
-
-typedef struct parse {
-    ctx_t *c;
-    yajl_handle h;
-    jnode_t *root, *cur;
-    const char *key;
-    size_t keylen;
-    unsigned depth;
-    size_t str_bytes;
-    bool bad_utf8, too_deep, no_mem;
-} parse_t;
-
-/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF. */
-static bool utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t more;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            more = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            more = 2;
-            lo = b == 0xE0 ? 0xA0 : 0x80;
-            hi = b == 0xED ? 0x9F : 0xBF;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            more = 3;
-            lo = b == 0xF0 ? 0x90 : 0x80;
-            hi = b == 0xF4 ? 0x8F : 0xBF;
-        } else {
-            return false;
-        }
-        if (n - i <= more || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= more; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += more + 1;
-    }
-    return true;
-}
-
-static char *arena_strdup(arena_t *a, const char *s, size_t n)
-{
-    char *d = arena_alloc(a, n + 1);
-    if (d != NULL) {
-        if (n > 0)
-            memcpy(d, s, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
-static jnode_t *add_node(parse_t *p, jtype_t t)
-{
-    jnode_t *j = arena_alloc(&p->c->arena, sizeof *j);
-    if (j == NULL) {
-        p->no_mem = true;
-        return NULL;
-    }
-    j->type = t;
-    if (p->cur == NULL) {
-        p->root = j;
-    } else {
-        j->parent = p->cur;
-        if (p->cur->type == J_OBJ) {
-            j->key = p->key;
-            j->keylen = p->keylen;
-        }
-        if (p->cur->last != NULL)
-            p->cur->last->next = j;
-        else
-            p->cur->first = j;
-        p->cur->last = j;
-        p->cur->count++;
-    }
-    return j;
-}
-
-static int cb_null(void *ctx)
-{
-    return add_node(ctx, J_NULL) != NULL;
-}
-
-static int cb_bool(void *ctx, int b)
-{
-    jnode_t *j = add_node(ctx, J_BOOL);
-    if (j != NULL)
-        j->b = b != 0;
-    return j != NULL;
-}
-
-static int cb_number(void *ctx, const char *s, size_t n)
-{
-    parse_t *p = ctx;
-    jnode_t *j = add_node(p, J_NUM);
-    if (j == NULL || (j->s = arena_strdup(&p->c->arena, s, n)) == NULL)
-        return p->no_mem = true, 0;
-    j->n = n;
-    return 1;
-}
-
-static int cb_string(void *ctx, const unsigned char *s, size_t n)
-{
-    parse_t *p = ctx;
-    if (!utf8_ok(s, n))
-        return p->bad_utf8 = true, 0;
-    jnode_t *j = add_node(p, J_STR);
-    if (j == NULL || (j->s = arena_strdup(&p->c->arena, (const char *)s, n)) == NULL)
-        return p->no_mem = true, 0;
-    j->n = n;
-    p->str_bytes += n;
-    return 1;
-}
-
-static int open_container(parse_t *p, jtype_t t)
-{
-    if (++p->depth > XLATE_MAX_DEPTH)
-        return p->too_deep = true, 0;
-    jnode_t *j = add_node(p, t);
-    if (j == NULL)
-        return 0;
-    p->cur = j;
-    return 1;
-}
-
-static int cb_start_map(void *ctx)
-{
-    return open_container(ctx, J_OBJ);
-}
-
-static int cb_start_array(void *ctx)
-{
-    return open_container(ctx, J_ARR);
-}
-
-static int cb_end(void *ctx)
-{
-    parse_t *p = ctx;
-    p->depth--;
-    p->cur = p->cur->parent;
-    return 1;
-}
-
-static int cb_key(void *ctx, const unsigned char *s, size_t n)
-{
-    parse_t *p = ctx;
-    if (!utf8_ok(s, n))
-        return p->bad_utf8 = true, 0;
-    if ((p->key = arena_strdup(&p->c->arena, (const char *)s, n)) == NULL)
-        return p->no_mem = true, 0;
-    p->keylen = n;
-    return 1;
-}
-
-static const yajl_callbacks parse_callbacks = {
-    cb_null, cb_bool, NULL, NULL, cb_number, cb_string, cb_start_map, cb_key, cb_end, cb_start_array, cb_end,
-};
-
 /* Parses buf into a tree in the arena. what names the text in errors ("body" or a field). */
 static int json_parse(ctx_t *c, const uint8_t *buf, size_t len, const char *what, jnode_t **root, size_t *str_bytes)
 {
-    parse_t p = {.c = c};
-    yajl_alloc_funcs af;
-    wipe_yajl_alloc_funcs_init(&af);
-    p.h = yajl_alloc(&parse_callbacks, &af, &p);
-    if (p.h == NULL)
-        return oom(c);
-    yajl_status st = yajl_parse(p.h, buf, len);
-    if (st == yajl_status_ok)
-        st = yajl_complete_parse(p.h);
-    size_t at = yajl_get_bytes_consumed(p.h);
-    yajl_free(p.h);
-    if (p.no_mem)
-        return oom(c);
-    if (p.bad_utf8)
+    static const jtree_parse_opts_t opts = {.max_depth = XLATE_MAX_DEPTH, .strict_utf8 = true};
+    size_t at = 0;
+    switch (jtree_parse(&c->arena, buf, len, &opts, root, &at, str_bytes)) {
+    case 0:
+        return 0;
+    case -EILSEQ:
         return failf(c, -EINVAL, "%s: invalid UTF-8 in a string near byte %zu", what, at);
-    if (p.too_deep)
+    case -ELOOP:
         return failf(c, -EINVAL, "%s: nesting deeper than %d", what, XLATE_MAX_DEPTH);
-    if (st != yajl_status_ok || p.root == NULL)
+    case -EINVAL:
         return failf(c, -EINVAL, "%s: invalid JSON near byte %zu", what, at);
-    *root = p.root;
-    if (str_bytes != NULL)
-        *str_bytes = p.str_bytes;
-    return 0;
+    default:
+        return oom(c);
+    }
 }
 
 /* ---- tree helpers ----------------------------------------------------------------------------- */
@@ -423,13 +188,25 @@ static bool num_is_integer(const jnode_t *j)
 
 static jnode_t *mkstr(ctx_t *c, const char *s, size_t n)
 {
-    jnode_t *j = arena_alloc(&c->arena, sizeof *j);
-    if (j == NULL || (j->s = arena_strdup(&c->arena, s, n)) == NULL) {
+    jnode_t *j = jarena_alloc(&c->arena, sizeof *j);
+    if (j == NULL || (j->s = jarena_strdup(&c->arena, s, n)) == NULL) {
         oom(c);
         return NULL;
     }
     j->type = J_STR;
     j->n = n;
+    return j;
+}
+
+/* An empty object: the arguments of a call that gives none. */
+static jnode_t *mkobj(ctx_t *c)
+{
+    jnode_t *j = jarena_alloc(&c->arena, sizeof *j);
+    if (j == NULL) {
+        oom(c);
+        return NULL;
+    }
+    j->type = J_OBJ;
     return j;
 }
 
@@ -497,7 +274,7 @@ typedef struct ir {
 
 static part_t *part_new(ctx_t *c, pkind_t k)
 {
-    part_t *p = arena_alloc(&c->arena, sizeof *p);
+    part_t *p = jarena_alloc(&c->arena, sizeof *p);
     if (p == NULL)
         oom(c);
     else
@@ -516,7 +293,7 @@ static void part_add(part_t **first, part_t **last, part_t *p)
 
 static msg_t *msg_new(ctx_t *c, ir_t *ir, role_t role)
 {
-    msg_t *m = arena_alloc(&c->arena, sizeof *m);
+    msg_t *m = jarena_alloc(&c->arena, sizeof *m);
     if (m == NULL) {
         oom(c);
         return NULL;
@@ -541,6 +318,18 @@ static part_t *find_call_by_id(ir_t *ir, const jnode_t *id)
     return found;
 }
 
+/* The result part that answers call (found by its id). */
+static part_t *result_new(ctx_t *c, part_t *call, const jnode_t *id)
+{
+    call->answered = true;
+    part_t *p = part_new(c, P_RESULT);
+    if (p != NULL) {
+        p->id = id;
+        p->name = call->name;
+    }
+    return p;
+}
+
 static int add_text(ctx_t *c, part_t **first, part_t **last, const jnode_t *s)
 {
     part_t *p = part_new(c, P_TEXT);
@@ -554,7 +343,7 @@ static int add_text(ctx_t *c, part_t **first, part_t **last, const jnode_t *s)
 
 static int add_tool(ctx_t *c, ir_t *ir, const jnode_t *name, const jnode_t *desc, const jnode_t *schema)
 {
-    tool_t *t = arena_alloc(&c->arena, sizeof *t);
+    tool_t *t = jarena_alloc(&c->arena, sizeof *t);
     if (t == NULL)
         return oom(c);
     t->name = name;
@@ -654,7 +443,7 @@ static int add_image(ctx_t *c, ir_t *ir, msg_t *m, part_t *p, const char *field)
         return refuse(c, field, "", "an image outside a user turn");
     ir->has_images = true;
     ir->image_bytes += p->data_len + p->mime_len;
-    if ((p->field = arena_strdup(&c->arena, field, strlen(field))) == NULL)
+    if ((p->field = jarena_strdup(&c->arena, field, strlen(field))) == NULL)
         return oom(c);
     part_add(&m->first, &m->last, p);
     return 0;
@@ -750,11 +539,8 @@ static int openai_tool_calls(ctx_t *c, ir_t *ir, msg_t *m, const jnode_t *calls,
         while (f[1] != NULL && k < f[1]->n && (f[1]->s[k] == ' ' || f[1]->s[k] == '\n' || f[1]->s[k] == '\t'))
             k++;
         if (f[1] == NULL || k == f[1]->n) {
-            jnode_t *empty = arena_alloc(&c->arena, sizeof *empty);
-            if (empty == NULL)
-                return oom(c);
-            empty->type = J_OBJ;
-            p->args = empty;
+            if ((p->args = mkobj(c)) == NULL)
+                return c->rc;
         } else {
             jnode_t *args;
             char apath[256];
@@ -778,12 +564,9 @@ static int openai_tool_result(ctx_t *c, ir_t *ir, const jnode_t *id, const jnode
     part_t *call = find_call_by_id(ir, id);
     if (call == NULL)
         return failf(c, -EINVAL, "field 'messages[%zu].tool_call_id': no earlier tool call has this id", mi);
-    call->answered = true;
-    part_t *p = part_new(c, P_RESULT);
+    part_t *p = result_new(c, call, id);
     if (p == NULL)
         return c->rc;
-    p->id = id;
-    p->name = call->name;
     if (content == NULL) {
         p->text = "";
     } else if (content->type == J_STR) {
@@ -807,7 +590,7 @@ static int openai_tool_result(ctx_t *c, ir_t *ir, const jnode_t *id, const jnode
                 return refuse(c, "messages", "content", "a tool result part other than text");
             total += t->n;
         }
-        char *buf = arena_alloc(&c->arena, total + 1);
+        char *buf = jarena_alloc(&c->arena, total + 1);
         if (buf == NULL)
             return oom(c);
         size_t at = 0;
@@ -1128,12 +911,9 @@ static int anthropic_blocks(ctx_t *c, ir_t *ir, msg_t *m, const jnode_t *content
             part_t *call = find_call_by_id(ir, id);
             if (call == NULL)
                 return failf(c, -EINVAL, "field '%s.tool_use_id': no earlier tool_use has this id", path);
-            call->answered = true;
-            part_t *p = part_new(c, P_RESULT);
+            part_t *p = result_new(c, call, id);
             if (p == NULL)
                 return c->rc;
-            p->id = id;
-            p->name = call->name;
             const jnode_t *ct = v[B_CONTENT];
             if (ct == NULL) {
                 p->text = "";
@@ -1156,7 +936,7 @@ static int anthropic_blocks(ctx_t *c, ir_t *ir, msg_t *m, const jnode_t *content
                 }
                 (void)tf;
                 (void)tl;
-                char *buf = arena_alloc(&c->arena, total + 1);
+                char *buf = jarena_alloc(&c->arena, total + 1);
                 if (buf == NULL)
                     return oom(c);
                 size_t at = 0;
@@ -1393,11 +1173,8 @@ static int gemini_parts(ctx_t *c, ir_t *ir, msg_t *m, const jnode_t *parts, cons
             if (d[1] != NULL) {
                 p->args = d[1];
             } else {
-                jnode_t *empty = arena_alloc(&c->arena, sizeof *empty);
-                if (empty == NULL)
-                    return oom(c);
-                empty->type = J_OBJ;
-                p->args = empty;
+                if ((p->args = mkobj(c)) == NULL)
+                    return c->rc;
             }
             if (d[2] != NULL && d[2]->n > 0) {
                 p->id = d[2];
@@ -1438,12 +1215,9 @@ static int gemini_parts(ctx_t *c, ir_t *ir, msg_t *m, const jnode_t *parts, cons
             }
             if (call == NULL)
                 return failf(c, -EINVAL, "field '%s.name': no earlier unanswered functionCall of this name", rpath);
-            call->answered = true;
-            part_t *p = part_new(c, P_RESULT);
+            part_t *p = result_new(c, call, call->id);
             if (p == NULL)
                 return c->rc;
-            p->id = call->id;
-            p->name = call->name;
             const jnode_t *r = d[1];
             if (r->count == 1 && key_match(r->first, "content", false) && r->first->type == J_STR) {
                 p->text = r->first->s;
@@ -1635,159 +1409,21 @@ static int parse_gemini(ctx_t *c, ir_t *ir, const jnode_t *root)
 
 /* ---- JSON writer ------------------------------------------------------------------------------ */
 
-typedef struct jw {
-    ctx_t *c;
-    wipe_buf_t *b;
-    unsigned depth;
-    bool first[XLATE_MAX_DEPTH + 8];
-    bool after_key;
-} jw_t;
-
-static void jw_put(jw_t *w, const void *p, size_t n)
+/* The writer's first error becomes the translation's (the first error wins). */
+static void jw_error(jw_t *w, int err)
 {
-    if (w->c->rc != 0)
-        return;
-    int r = wipe_buf_append(w->b, p, n);
-    if (r == -E2BIG)
-        failf(w->c, r, "the translated request is larger than the limit");
-    else if (r != 0)
-        oom(w->c);
+    ctx_t *c = w->data;
+    if (err == -E2BIG)
+        failf(c, err, "the translated request is larger than the limit");
+    else
+        oom(c);
 }
 
-static void jw_sep(jw_t *w)
+static void jw_start(jw_t *w, ctx_t *c, wipe_buf_t *out)
 {
-    if (w->after_key) {
-        w->after_key = false;
-        return;
-    }
-    if (w->depth > 0 && !w->first[w->depth])
-        jw_put(w, ",", 1);
-    w->first[w->depth] = false;
-}
-
-static void jw_open(jw_t *w, char ch)
-{
-    jw_sep(w);
-    jw_put(w, &ch, 1);
-    w->depth++;
-    w->first[w->depth] = true;
-}
-
-static void jw_close(jw_t *w, char ch)
-{
-    w->depth--;
-    jw_put(w, &ch, 1);
-}
-
-static void jw_strbody(jw_t *w, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\')
-            continue;
-        jw_put(w, s + run, i - run);
-        char esc[6] = {'\\', 0};
-        size_t en = 2;
-        switch (ch) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[ch >> 4];
-            esc[5] = hex[ch & 15];
-            en = 6;
-        }
-        jw_put(w, esc, en);
-        run = i + 1;
-    }
-    jw_put(w, s + run, n - run);
-}
-
-static void jw_strn(jw_t *w, const char *s, size_t n)
-{
-    jw_sep(w);
-    jw_put(w, "\"", 1);
-    jw_strbody(w, s, n);
-    jw_put(w, "\"", 1);
-}
-
-static void jw_str(jw_t *w, const char *s)
-{
-    jw_strn(w, s, strlen(s));
-}
-
-static void jw_key(jw_t *w, const char *k)
-{
-    jw_str(w, k);
-    jw_put(w, ":", 1);
-    w->after_key = true;
-}
-
-static void jw_raw(jw_t *w, const char *s, size_t n)
-{
-    jw_sep(w);
-    jw_put(w, s, n);
-}
-
-static void jw_i64(jw_t *w, int64_t v)
-{
-    char b[24];
-    int n = snprintf(b, sizeof b, "%lld", (long long)v);
-    jw_raw(w, b, (size_t)n);
-}
-
-static void jw_node(jw_t *w, const jnode_t *j)
-{
-    switch (j->type) {
-    case J_NULL:
-        jw_raw(w, "null", 4);
-        break;
-    case J_BOOL:
-        jw_raw(w, j->b ? "true" : "false", j->b ? 4 : 5);
-        break;
-    case J_NUM:
-        jw_raw(w, j->s, j->n);
-        break;
-    case J_STR:
-        jw_strn(w, j->s, j->n);
-        break;
-    case J_OBJ:
-        jw_open(w, '{');
-        for (const jnode_t *m = j->first; m != NULL; m = m->next) {
-            jw_strn(w, m->key, m->keylen);
-            jw_put(w, ":", 1);
-            w->after_key = true;
-            jw_node(w, m);
-        }
-        jw_close(w, '}');
-        break;
-    case J_ARR:
-        jw_open(w, '[');
-        for (const jnode_t *m = j->first; m != NULL; m = m->next)
-            jw_node(w, m);
-        jw_close(w, ']');
-        break;
-    }
-}
-
-/* Writes j's JSON text as a JSON string (OpenAI tool-call arguments). */
-static void jw_node_as_string(jw_t *w, const jnode_t *j)
-{
-    wipe_buf_t tmp = WIPE_BUF_INIT(w->b->max);
-    jw_t t = {.c = w->c, .b = &tmp};
-    jw_node(&t, j);
-    if (w->c->rc == 0)
-        jw_strn(w, tmp.len ? (const char *)tmp.data : "", tmp.len);
-    wipe_buf_free(&tmp);
+    jw_begin(w, out);
+    w->error_cb = jw_error;
+    w->data = c;
 }
 
 static void jw_opt(jw_t *w, const char *key, const opt_t *o)
@@ -1798,9 +1434,67 @@ static void jw_opt(jw_t *w, const char *key, const opt_t *o)
     }
 }
 
-static void jw_empty_schema(jw_t *w)
+/* key: [nodes...], written only when there are any (stop sequences, allowed function names). */
+static void jw_node_list(jw_t *w, const char *key, const jnode_t *const *nodes, size_t n)
 {
-    jw_raw(w, "{\"type\":\"object\",\"properties\":{}}", 33);
+    if (n == 0)
+        return;
+    jw_key(w, key);
+    jw_open(w, '[');
+    for (size_t i = 0; i < n; i++)
+        jw_node(w, nodes[i]);
+    jw_close(w, ']');
+}
+
+/* {"type":"text","text":...}: a text block of OpenAI content parts and Anthropic system blocks. */
+static void write_text_block(jw_t *w, const part_t *p)
+{
+    jw_open(w, '{');
+    jw_key(w, "type");
+    jw_str(w, "text");
+    jw_key(w, "text");
+    jw_strn(w, p->text, p->text_len);
+    jw_close(w, '}');
+}
+
+/* A function declaration: {"name","description"?,<schema_key>}, the same in every format but for
+ * the schema's name; no schema is written as an empty object schema. */
+static void write_tool_decl(jw_t *w, const tool_t *t, const char *schema_key)
+{
+    jw_open(w, '{');
+    jw_key(w, "name");
+    jw_node(w, t->name);
+    if (t->desc != NULL) {
+        jw_key(w, "description");
+        jw_node(w, t->desc);
+    }
+    jw_key(w, schema_key);
+    if (t->schema != NULL)
+        jw_node(w, t->schema);
+    else
+        jw_value(w, "{\"type\":\"object\",\"properties\":{}}", 33);
+    jw_close(w, '}');
+}
+
+/* "content": a tool result as one string (OpenAI, Anthropic): its text, or the JSON text of the
+ * response object a Gemini functionResponse gave. */
+static void write_result_content(jw_t *w, const part_t *p)
+{
+    jw_key(w, "content");
+    if (p->resp != NULL)
+        jw_node_as_string(w, p->resp);
+    else
+        jw_strn(w, p->text, p->text_len);
+}
+
+/* The message after the turn that starts at m: consecutive messages of one role are one turn
+ * (Anthropic and Gemini require alternation). */
+static const msg_t *turn_end(const msg_t *m)
+{
+    const msg_t *end = m->next;
+    while (end != NULL && end->role == m->role)
+        end = end->next;
+    return end;
 }
 
 /* ---- target checks ---------------------------------------------------------------------------- */
@@ -1856,9 +1550,9 @@ static void write_image_url(jw_t *w, const part_t *p)
     } else {
         jw_sep(w);
         jw_put(w, "\"data:", 6);
-        jw_strbody(w, p->mime, p->mime_len);
+        jw_str_body(w, p->mime, p->mime_len);
         jw_put(w, ";base64,", 8);
-        jw_strbody(w, p->data, p->data_len);
+        jw_str_body(w, p->data, p->data_len);
         jw_put(w, "\"", 1);
     }
     jw_close(w, '}');
@@ -1881,14 +1575,8 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
             jw_strn(w, ir->sys_first->text, ir->sys_first->text_len);
         } else {
             jw_open(w, '[');
-            for (const part_t *p = ir->sys_first; p != NULL; p = p->next) {
-                jw_open(w, '{');
-                jw_key(w, "type");
-                jw_str(w, "text");
-                jw_key(w, "text");
-                jw_strn(w, p->text, p->text_len);
-                jw_close(w, '}');
-            }
+            for (const part_t *p = ir->sys_first; p != NULL; p = p->next)
+                write_text_block(w, p);
             jw_close(w, ']');
         }
         jw_close(w, '}');
@@ -1904,11 +1592,7 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
                 jw_str(w, "tool");
                 jw_key(w, "tool_call_id");
                 jw_strn(w, p->id->s, p->id->n);
-                jw_key(w, "content");
-                if (p->resp != NULL)
-                    jw_node_as_string(w, p->resp);
-                else
-                    jw_strn(w, p->text, p->text_len);
+                write_result_content(w, p);
                 jw_close(w, '}');
             } else if (p->kind == P_TEXT) {
                 ntext++;
@@ -1926,22 +1610,16 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
         jw_str(w, m->role == R_USER ? "user" : "assistant");
         jw_key(w, "content");
         if (ntext == 0 && nimage == 0) {
-            jw_raw(w, "null", 4);
+            jw_value(w, "null", 4);
         } else if (ntext == 1 && nimage == 0) {
             jw_strn(w, only_text->text, only_text->text_len);
         } else {
             jw_open(w, '[');
             for (const part_t *p = m->first; p != NULL; p = p->next) {
-                if (p->kind == P_TEXT) {
-                    jw_open(w, '{');
-                    jw_key(w, "type");
-                    jw_str(w, "text");
-                    jw_key(w, "text");
-                    jw_strn(w, p->text, p->text_len);
-                    jw_close(w, '}');
-                } else if (p->kind == P_IMAGE) {
+                if (p->kind == P_TEXT)
+                    write_text_block(w, p);
+                else if (p->kind == P_IMAGE)
                     write_image_url(w, p);
-                }
             }
             jw_close(w, ']');
         }
@@ -1972,13 +1650,13 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
     jw_close(w, ']');
     if (ir->stream) {
         jw_key(w, "stream");
-        jw_raw(w, "true", 4);
+        jw_value(w, "true", 4);
         jw_key(w, "stream_options");
-        jw_raw(w, "{\"include_usage\":true}", 22);
+        jw_value(w, "{\"include_usage\":true}", 22);
     }
     if (max_out >= 0) {
         jw_key(w, "max_tokens");
-        jw_i64(w, max_out);
+        jw_int(w, max_out);
     }
     jw_opt(w, "temperature", &ir->temperature);
     jw_opt(w, "top_p", &ir->top_p);
@@ -1986,16 +1664,10 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
     jw_opt(w, "frequency_penalty", &ir->frequency);
     jw_opt(w, "seed", &ir->seed);
     jw_opt(w, "user", &ir->user);
-    if (ir->nstop > 0) {
-        jw_key(w, "stop");
-        jw_open(w, '[');
-        for (size_t i = 0; i < ir->nstop; i++)
-            jw_node(w, ir->stop[i]);
-        jw_close(w, ']');
-    }
+    jw_node_list(w, "stop", ir->stop, ir->nstop);
     if (ir->json_mode.v != NULL) {
         jw_key(w, "response_format");
-        jw_raw(w, "{\"type\":\"json_object\"}", 22);
+        jw_value(w, "{\"type\":\"json_object\"}", 22);
     }
     if (ir->tools != NULL) {
         jw_key(w, "tools");
@@ -2005,19 +1677,7 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
             jw_key(w, "type");
             jw_str(w, "function");
             jw_key(w, "function");
-            jw_open(w, '{');
-            jw_key(w, "name");
-            jw_node(w, t->name);
-            if (t->desc != NULL) {
-                jw_key(w, "description");
-                jw_node(w, t->desc);
-            }
-            jw_key(w, "parameters");
-            if (t->schema != NULL)
-                jw_node(w, t->schema);
-            else
-                jw_empty_schema(w);
-            jw_close(w, '}');
+            write_tool_decl(w, t, "parameters");
             jw_close(w, '}');
         }
         jw_close(w, ']');
@@ -2044,7 +1704,7 @@ static void write_openai(ctx_t *c, jw_t *w, const ir_t *ir, const char *model, i
     }
     if (ir->parallel_false.v != NULL) {
         jw_key(w, "parallel_tool_calls");
-        jw_raw(w, "false", 5);
+        jw_value(w, "false", 5);
     }
     jw_close(w, '}');
     (void)c;
@@ -2067,29 +1727,20 @@ static int write_anthropic(ctx_t *c, jw_t *w, const ir_t *ir, const char *model,
     jw_key(w, "model");
     jw_str(w, model);
     jw_key(w, "max_tokens");
-    jw_i64(w, max_out);
+    jw_int(w, max_out);
     if (ir->sys_first != NULL) {
         jw_key(w, "system");
         jw_open(w, '[');
-        for (const part_t *p = ir->sys_first; p != NULL; p = p->next) {
-            if (p->text_len == 0)
-                continue;
-            jw_open(w, '{');
-            jw_key(w, "type");
-            jw_str(w, "text");
-            jw_key(w, "text");
-            jw_strn(w, p->text, p->text_len);
-            jw_close(w, '}');
-        }
+        for (const part_t *p = ir->sys_first; p != NULL; p = p->next)
+            if (p->text_len > 0)
+                write_text_block(w, p);
         jw_close(w, ']');
     }
     jw_key(w, "messages");
     jw_open(w, '[');
     for (const msg_t *m = ir->msgs; m != NULL;) {
         /* a turn: this message and the following ones of the same role */
-        const msg_t *end = m->next;
-        while (end != NULL && end->role == m->role)
-            end = end->next;
+        const msg_t *end = turn_end(m);
         jw_open(w, '{');
         jw_key(w, "role");
         jw_str(w, m->role == R_USER ? "user" : "assistant");
@@ -2144,11 +1795,7 @@ static int write_anthropic(ctx_t *c, jw_t *w, const ir_t *ir, const char *model,
                         jw_str(w, "tool_result");
                         jw_key(w, "tool_use_id");
                         jw_strn(w, p->id->s, p->id->n);
-                        jw_key(w, "content");
-                        if (p->resp != NULL)
-                            jw_node_as_string(w, p->resp);
-                        else
-                            jw_strn(w, p->text, p->text_len);
+                        write_result_content(w, p);
                         break;
                     }
                     jw_close(w, '}');
@@ -2160,18 +1807,12 @@ static int write_anthropic(ctx_t *c, jw_t *w, const ir_t *ir, const char *model,
     jw_close(w, ']');
     if (ir->stream) {
         jw_key(w, "stream");
-        jw_raw(w, "true", 4);
+        jw_value(w, "true", 4);
     }
     jw_opt(w, "temperature", &ir->temperature);
     jw_opt(w, "top_p", &ir->top_p);
     jw_opt(w, "top_k", &ir->top_k);
-    if (ir->nstop > 0) {
-        jw_key(w, "stop_sequences");
-        jw_open(w, '[');
-        for (size_t i = 0; i < ir->nstop; i++)
-            jw_node(w, ir->stop[i]);
-        jw_close(w, ']');
-    }
+    jw_node_list(w, "stop_sequences", ir->stop, ir->nstop);
     if (ir->user.v != NULL) {
         jw_key(w, "metadata");
         jw_open(w, '{');
@@ -2181,21 +1822,8 @@ static int write_anthropic(ctx_t *c, jw_t *w, const ir_t *ir, const char *model,
     if (ir->tools != NULL) {
         jw_key(w, "tools");
         jw_open(w, '[');
-        for (const tool_t *t = ir->tools; t != NULL; t = t->next) {
-            jw_open(w, '{');
-            jw_key(w, "name");
-            jw_node(w, t->name);
-            if (t->desc != NULL) {
-                jw_key(w, "description");
-                jw_node(w, t->desc);
-            }
-            jw_key(w, "input_schema");
-            if (t->schema != NULL)
-                jw_node(w, t->schema);
-            else
-                jw_empty_schema(w);
-            jw_close(w, '}');
-        }
+        for (const tool_t *t = ir->tools; t != NULL; t = t->next)
+            write_tool_decl(w, t, "input_schema");
         jw_close(w, ']');
     }
     if (ir->tc != TC_UNSET || ir->parallel_false.v != NULL) {
@@ -2221,7 +1849,7 @@ static int write_anthropic(ctx_t *c, jw_t *w, const ir_t *ir, const char *model,
         }
         if (ir->parallel_false.v != NULL && ir->tc != TC_NONE) {
             jw_key(w, "disable_parallel_tool_use");
-            jw_raw(w, "true", 4);
+            jw_value(w, "true", 4);
         }
         jw_close(w, '}');
     }
@@ -2327,9 +1955,7 @@ static int write_gemini(ctx_t *c, jw_t *w, const ir_t *ir, int64_t max_out)
     jw_key(w, "contents");
     jw_open(w, '[');
     for (const msg_t *m = ir->msgs; m != NULL && c->rc == 0;) {
-        const msg_t *end = m->next;
-        while (end != NULL && end->role == m->role)
-            end = end->next;
+        const msg_t *end = turn_end(m);
         jw_open(w, '{');
         jw_key(w, "role");
         jw_str(w, m->role == R_USER ? "user" : "model");
@@ -2357,21 +1983,8 @@ static int write_gemini(ctx_t *c, jw_t *w, const ir_t *ir, int64_t max_out)
         jw_open(w, '{');
         jw_key(w, "functionDeclarations");
         jw_open(w, '[');
-        for (const tool_t *t = ir->tools; t != NULL; t = t->next) {
-            jw_open(w, '{');
-            jw_key(w, "name");
-            jw_node(w, t->name);
-            if (t->desc != NULL) {
-                jw_key(w, "description");
-                jw_node(w, t->desc);
-            }
-            jw_key(w, "parametersJsonSchema");
-            if (t->schema != NULL)
-                jw_node(w, t->schema);
-            else
-                jw_empty_schema(w);
-            jw_close(w, '}');
-        }
+        for (const tool_t *t = ir->tools; t != NULL; t = t->next)
+            write_tool_decl(w, t, "parametersJsonSchema");
         jw_close(w, ']');
         jw_close(w, '}');
         jw_close(w, ']');
@@ -2383,13 +1996,7 @@ static int write_gemini(ctx_t *c, jw_t *w, const ir_t *ir, int64_t max_out)
         jw_open(w, '{');
         jw_key(w, "mode");
         jw_str(w, ir->tc == TC_AUTO ? "AUTO" : ir->tc == TC_NONE ? "NONE" : "ANY");
-        if (ir->tc_nnames > 0) {
-            jw_key(w, "allowedFunctionNames");
-            jw_open(w, '[');
-            for (size_t i = 0; i < ir->tc_nnames; i++)
-                jw_node(w, ir->tc_names[i]);
-            jw_close(w, ']');
-        }
+        jw_node_list(w, "allowedFunctionNames", ir->tc_names, ir->tc_nnames);
         jw_close(w, '}');
         jw_close(w, '}');
     }
@@ -2400,7 +2007,7 @@ static int write_gemini(ctx_t *c, jw_t *w, const ir_t *ir, int64_t max_out)
         jw_open(w, '{');
         if (max_out >= 0) {
             jw_key(w, "maxOutputTokens");
-            jw_i64(w, max_out);
+            jw_int(w, max_out);
         }
         jw_opt(w, "temperature", &ir->temperature);
         jw_opt(w, "topP", &ir->top_p);
@@ -2408,13 +2015,7 @@ static int write_gemini(ctx_t *c, jw_t *w, const ir_t *ir, int64_t max_out)
         jw_opt(w, "presencePenalty", &ir->presence);
         jw_opt(w, "frequencyPenalty", &ir->frequency);
         jw_opt(w, "seed", &ir->seed);
-        if (ir->nstop > 0) {
-            jw_key(w, "stopSequences");
-            jw_open(w, '[');
-            for (size_t i = 0; i < ir->nstop; i++)
-                jw_node(w, ir->stop[i]);
-            jw_close(w, ']');
-        }
+        jw_node_list(w, "stopSequences", ir->stop, ir->nstop);
         if (ir->json_mode.v != NULL) {
             jw_key(w, "responseMimeType");
             jw_str(w, "application/json");
@@ -2486,7 +2087,8 @@ static int same_format(ctx_t *c, const jnode_t *root, const char *model, int64_t
         info->has_images = walk_has_images(root);
         info->prompt_bytes = str_bytes;
     }
-    jw_t w = {.c = c, .b = out};
+    jw_t w;
+    jw_start(&w, c, out);
     jw_open(&w, '{');
     bool wrote_max = false;
     for (const jnode_t *m = root->first; m != NULL; m = m->next) {
@@ -2497,7 +2099,7 @@ static int same_format(ctx_t *c, const jnode_t *root, const char *model, int64_t
         if (is_max && f != XLATE_GEMINI) {
             if (max_out >= 0 && m->type != J_NULL) {
                 jw_key(&w, m == client_max ? "max_tokens" : "max_completion_tokens");
-                jw_i64(&w, max_out);
+                jw_int(&w, max_out);
                 wrote_max = true;
             }
             continue;
@@ -2508,20 +2110,16 @@ static int same_format(ctx_t *c, const jnode_t *root, const char *model, int64_t
             for (const jnode_t *g = gen->first; g != NULL; g = g->next) {
                 if (g == client_max)
                     continue;
-                jw_strn(&w, g->key, g->keylen);
-                jw_put(&w, ":", 1);
-                w.after_key = true;
+                jw_keyn(&w, g->key, g->keylen);
                 jw_node(&w, g);
             }
             jw_key(&w, "maxOutputTokens");
-            jw_i64(&w, max_out);
+            jw_int(&w, max_out);
             jw_close(&w, '}');
             wrote_max = true;
             continue;
         }
-        jw_strn(&w, m->key, m->keylen);
-        jw_put(&w, ":", 1);
-        w.after_key = true;
+        jw_keyn(&w, m->key, m->keylen);
         jw_node(&w, m);
     }
     if (f != XLATE_GEMINI) {
@@ -2529,23 +2127,23 @@ static int same_format(ctx_t *c, const jnode_t *root, const char *model, int64_t
         jw_str(&w, model);
         if (is_stream) {
             jw_key(&w, "stream");
-            jw_raw(&w, "true", 4);
+            jw_value(&w, "true", 4);
             if (f == XLATE_OPENAI_CHAT) {
                 jw_key(&w, "stream_options");
-                jw_raw(&w, "{\"include_usage\":true}", 22);
+                jw_value(&w, "{\"include_usage\":true}", 22);
             }
         }
     }
     if (!wrote_max && max_out >= 0) {
         if (f == XLATE_GEMINI) {
             jw_key(&w, "generationConfig");
-            jw_raw(&w, "{\"maxOutputTokens\":", 19);
+            jw_value(&w, "{\"maxOutputTokens\":", 19);
             char b[24];
             int n = snprintf(b, sizeof b, "%lld}", (long long)max_out);
             jw_put(&w, b, (size_t)n);
         } else {
             jw_key(&w, "max_tokens");
-            jw_i64(&w, max_out);
+            jw_int(&w, max_out);
         }
     }
     jw_close(&w, '}');
@@ -2628,7 +2226,8 @@ int xlate_request(xlate_format_t from, xlate_format_t to, const uint8_t *body, s
         info->has_images = ir.has_images;
         info->prompt_bytes = str_bytes > ir.image_bytes ? str_bytes - ir.image_bytes : 0;
     }
-    jw_t w = {.c = &c, .b = out};
+    jw_t w;
+    jw_start(&w, &c, out);
     if (to == XLATE_OPENAI_CHAT)
         write_openai(&c, &w, &ir, upstream_model, max_out);
     else if (to == XLATE_ANTHROPIC)
@@ -2636,7 +2235,7 @@ int xlate_request(xlate_format_t from, xlate_format_t to, const uint8_t *body, s
     else
         write_gemini(&c, &w, &ir, max_out);
 done:
-    arena_free(&c.arena);
+    jarena_free(&c.arena);
     if (c.rc != 0 && info != NULL)
         memset(info, 0, sizeof *info);
     return c.rc;

@@ -7,8 +7,8 @@
  * format's parser turns the tree into one intermediate form (system parts, messages of parts: text,
  * image, tool call, tool result; tools; tool choice; sampling options), refusing what no other
  * format can express; the target's writer checks what only it cannot express and writes the new
- * body into the caller's wipe_buf_t with its own JSON writer. Pure code: no I/O, no clock, no
- * globals. Error messages name fields (fixed names, indices, and a client key only when it is a
+ * body into the caller's wipe_buf_t (parser and writer: node/jtree.h). Pure code: no I/O, no clock,
+ * no globals. Error messages name fields (fixed names, indices, and a client key only when it is a
  * short identifier) and never quote content.
  *
  * Mapping (O = OpenAI chat, A = Anthropic messages, G = Gemini generateContent):

@@ -1,230 +1,49 @@
 /* xlate_resp: chat answers, streams and errors between OpenAI, Anthropic and Gemini (see xlate_resp.h).
  *
- * Layout: a JSON tree in a wiped arena (jdoc_*), a JSON writer into wipe_buf_t (jw_*), the
+ * Layout: JSON documents parsed into trees in wiped, bounded arenas (jdoc_*) and written with the
+ * jw_* writer into wipe_buf_t (both node/jtree.h; used at depth 0 only, the punctuation written
+ * with jw_raw, so the writer adds no separators of its own), the
  * format tables (finish reasons, usage, errors), the non-stream translation (an ordered list of
  * blocks borrowed from the tree), then the stream translator: per upstream format a reader that
  * turns one event into calls of the op_* functions, which write the client's events. Every
  * function that appends to the caller's buffer truncates it back (wiping) on failure, so a
  * failed call leaves no partial event. */
 #include "node/xlate_resp.h"
+#include "node/jtree.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdarg.h>
-#include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_parse.h>
 
-/* ---- JSON tree in an arena ---- */
+/* ---- JSON documents (node/jtree.h) ---- */
 
-typedef enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ } jtype_t;
-
-typedef struct jnode jnode_t;
-struct jnode {
-    jtype_t type;
-    const char *key; /* member name inside an object (NUL-terminated), else NULL */
-    size_t key_len;
-    const char *s; /* string bytes or number text (NUL-terminated) */
-    size_t n;
-    jnode_t *first, *last, *next; /* children of arrays and objects, in order */
-    size_t count;
-};
-
-typedef struct arena_block {
-    struct arena_block *next;
-    size_t cap, used;
-    alignas(max_align_t) unsigned char data[];
-} arena_block_t;
-
+/* A parsed document: its tree in an arena bounded to 16 times the text plus 64 KiB. */
 typedef struct jdoc {
-    arena_block_t *blocks;
-    size_t total, max; /* bytes allocated, bound */
+    jarena_t arena;
     jnode_t *root;
-    jnode_t *stack[XLATE_RESP_MAX_DEPTH + 1];
-    unsigned depth;
-    const char *pending_key;
-    size_t pending_key_len;
-    int err; /* -ENOMEM, -E2BIG, -EINVAL (too deep) from a callback */
 } jdoc_t;
 
-static void *arena_alloc(jdoc_t *d, size_t n)
+static void jdoc_init(jdoc_t *d)
 {
-    n = (n + 15) & ~(size_t)15;
-    arena_block_t *b = d->blocks;
-    if (b == NULL || b->cap - b->used < n) {
-        size_t cap = n > 8192 ? n : 8192;
-        if (d->total + cap > d->max) {
-            d->err = -E2BIG;
-            return NULL;
-        }
-        b = malloc(sizeof(*b) + cap);
-        if (b == NULL) {
-            d->err = -ENOMEM;
-            return NULL;
-        }
-        b->cap = cap;
-        b->used = 0;
-        b->next = d->blocks;
-        d->blocks = b;
-        d->total += cap;
-    }
-    void *p = b->data + b->used;
-    b->used += n;
-    return p;
-}
-
-static char *arena_strdup(jdoc_t *d, const void *s, size_t n)
-{
-    char *p = arena_alloc(d, n + 1);
-    if (p != NULL) {
-        if (n > 0)
-            memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
-static void jdoc_init(jdoc_t *d, size_t max)
-{
-    memset(d, 0, sizeof(*d));
-    d->max = max;
+    jarena_init(&d->arena, 0);
+    d->root = NULL;
 }
 
 static void jdoc_free(jdoc_t *d)
 {
-    arena_block_t *b = d->blocks;
-    while (b != NULL) {
-        arena_block_t *next = b->next;
-        wipe_bytes(b->data, b->used);
-        wipe_free(b);
-        b = next;
-    }
-    d->blocks = NULL;
+    jarena_free(&d->arena);
     d->root = NULL;
-    d->pending_key = NULL;
 }
-
-static jnode_t *jdoc_add(jdoc_t *d, jtype_t type)
-{
-    jnode_t *n = arena_alloc(d, sizeof(*n));
-    if (n == NULL)
-        return NULL;
-    memset(n, 0, sizeof(*n));
-    n->type = type;
-    if (d->depth == 0) {
-        d->root = n;
-        return n;
-    }
-    jnode_t *parent = d->stack[d->depth];
-    if (parent->type == J_OBJ) {
-        n->key = d->pending_key;
-        n->key_len = d->pending_key_len;
-        d->pending_key = NULL;
-    }
-    if (parent->last != NULL)
-        parent->last->next = n;
-    else
-        parent->first = n;
-    parent->last = n;
-    parent->count++;
-    return n;
-}
-
-static int cb_null(void *ctx)
-{
-    return jdoc_add(ctx, J_NULL) != NULL;
-}
-
-static int cb_bool(void *ctx, int v)
-{
-    return jdoc_add(ctx, v ? J_TRUE : J_FALSE) != NULL;
-}
-
-static int cb_scalar(jdoc_t *d, jtype_t t, const void *s, size_t n)
-{
-    jnode_t *node = jdoc_add(d, t);
-    if (node == NULL)
-        return 0;
-    node->s = arena_strdup(d, s, n);
-    node->n = n;
-    return node->s != NULL;
-}
-
-static int cb_number(void *ctx, const char *s, size_t n)
-{
-    return cb_scalar(ctx, J_NUM, s, n);
-}
-
-static int cb_string(void *ctx, const unsigned char *s, size_t n)
-{
-    return cb_scalar(ctx, J_STR, s, n);
-}
-
-static int cb_key(void *ctx, const unsigned char *s, size_t n)
-{
-    jdoc_t *d = ctx;
-    d->pending_key = arena_strdup(d, s, n);
-    d->pending_key_len = n;
-    return d->pending_key != NULL;
-}
-
-static int cb_open(jdoc_t *d, jtype_t t)
-{
-    if (d->depth >= XLATE_RESP_MAX_DEPTH) {
-        d->err = -EINVAL;
-        return 0;
-    }
-    jnode_t *n = jdoc_add(d, t);
-    if (n == NULL)
-        return 0;
-    d->stack[++d->depth] = n;
-    return 1;
-}
-
-static int cb_start_map(void *ctx)
-{
-    return cb_open(ctx, J_OBJ);
-}
-
-static int cb_start_array(void *ctx)
-{
-    return cb_open(ctx, J_ARR);
-}
-
-static int cb_close(void *ctx)
-{
-    jdoc_t *d = ctx;
-    d->depth--;
-    return 1;
-}
-
-static const yajl_callbacks jdoc_callbacks = {
-    cb_null, cb_bool, NULL, NULL, cb_number, cb_string, cb_start_map, cb_key, cb_close, cb_start_array, cb_close,
-};
 
 /* Parses len bytes into d (initialised). 0, -EINVAL (with the byte offset in *at), -E2BIG, -ENOMEM. */
 static int jdoc_parse(jdoc_t *d, const uint8_t *buf, size_t len, size_t *at)
 {
-    yajl_alloc_funcs af;
-    wipe_yajl_alloc_funcs_init(&af);
-    yajl_handle h = yajl_alloc(&jdoc_callbacks, &af, d);
-    if (h == NULL)
-        return -ENOMEM;
-    yajl_status st = yajl_parse(h, buf, len);
-    if (st == yajl_status_ok)
-        st = yajl_complete_parse(h);
-    int r = 0;
-    if (st != yajl_status_ok) {
-        r = d->err != 0 ? d->err : -EINVAL;
-        if (at != NULL)
-            *at = yajl_get_bytes_consumed(h);
-    }
-    yajl_free(h);
-    if (r == 0 && d->root == NULL)
-        r = -EINVAL;
-    return r;
+    static const jtree_parse_opts_t opts = {.max_depth = XLATE_RESP_MAX_DEPTH};
+    d->arena.max = 16 * len + 65536;
+    int r = jtree_parse(&d->arena, buf, len, &opts, &d->root, at, NULL);
+    return r == -ELOOP ? -EINVAL : r;
 }
 
 static jnode_t *jget(const jnode_t *obj, const char *key)
@@ -234,7 +53,7 @@ static jnode_t *jget(const jnode_t *obj, const char *key)
     size_t kl = strlen(key);
     jnode_t *found = NULL;
     for (jnode_t *c = obj->first; c != NULL; c = c->next)
-        if (c->key_len == kl && memcmp(c->key, key, kl) == 0)
+        if (c->keylen == kl && memcmp(c->key, key, kl) == 0)
             found = c; /* the last duplicate wins, as in most JSON readers */
     return found;
 }
@@ -272,138 +91,6 @@ static int64_t jcount(const jnode_t *n)
         v = v * 10 + (n->s[i] - '0');
     }
     return v;
-}
-
-/* ---- JSON writer ---- */
-
-typedef struct jw {
-    wipe_buf_t *b;
-    size_t start; /* b->len when the writer began: where a failure truncates back to */
-    int err;
-} jw_t;
-
-static void jw_begin(jw_t *w, wipe_buf_t *b)
-{
-    w->b = b;
-    w->start = b->len;
-    w->err = 0;
-}
-
-/* Ends a write: on failure the appended bytes are wiped and dropped. Returns the error. */
-static int jw_end(jw_t *w)
-{
-    if (w->err != 0 && w->b->len > w->start) {
-        wipe_bytes(w->b->data + w->start, w->b->len - w->start);
-        w->b->len = w->start;
-    }
-    return w->err;
-}
-
-static void jw_mem(jw_t *w, const void *p, size_t n)
-{
-    if (w->err == 0 && n > 0)
-        w->err = wipe_buf_append(w->b, p, n);
-}
-
-static void jw_raw(jw_t *w, const char *s)
-{
-    jw_mem(w, s, strlen(s));
-}
-
-static void jw_strn(jw_t *w, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    if (w->err != 0)
-        return;
-    if ((w->err = wipe_buf_reserve(w->b, n + 2)) != 0)
-        return;
-    jw_mem(w, "\"", 1);
-    size_t run = 0; /* bytes copied as they are, written in one append */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        jw_mem(w, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t el = 2;
-        switch (c) {
-        case '"':
-        case '\\':
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            el = 6;
-            break;
-        }
-        jw_mem(w, esc, el);
-    }
-    jw_mem(w, s + run, n - run);
-    jw_mem(w, "\"", 1);
-}
-
-static void jw_str(jw_t *w, const char *s)
-{
-    jw_strn(w, s, strlen(s));
-}
-
-static void jw_int(jw_t *w, int64_t v)
-{
-    char buf[24];
-    int n = snprintf(buf, sizeof(buf), "%" PRId64, v);
-    jw_mem(w, buf, (size_t)n);
-}
-
-static void jw_node(jw_t *w, const jnode_t *n)
-{
-    switch (n->type) {
-    case J_NULL:
-        jw_raw(w, "null");
-        break;
-    case J_FALSE:
-        jw_raw(w, "false");
-        break;
-    case J_TRUE:
-        jw_raw(w, "true");
-        break;
-    case J_NUM:
-        jw_mem(w, n->s, n->n);
-        break;
-    case J_STR:
-        jw_strn(w, n->s, n->n);
-        break;
-    case J_ARR:
-    case J_OBJ:
-        jw_raw(w, n->type == J_ARR ? "[" : "{");
-        for (const jnode_t *c = n->first; c != NULL && w->err == 0; c = c->next) {
-            if (c != n->first)
-                jw_raw(w, ",");
-            if (n->type == J_OBJ) {
-                jw_strn(w, c->key, c->key_len);
-                jw_raw(w, ":");
-            }
-            jw_node(w, c);
-        }
-        jw_raw(w, n->type == J_ARR ? "]" : "}");
-        break;
-    }
 }
 
 /* ---- formats: finish reasons, usage, ids, errors ---- */
@@ -741,14 +428,14 @@ int xlate_error(xlate_format_t up, xlate_format_t client, int status, const uint
                 wipe_buf_t *out)
 {
     jdoc_t d;
-    jdoc_init(&d, 16 * len + 65536);
+    jdoc_init(&d);
     const jnode_t *err = NULL;
     if (len > 0 && jdoc_parse(&d, body, len, NULL) == 0)
         err = error_of(d.root);
     jw_t w;
     jw_begin(&w, out);
     if (up == client && err != NULL) {
-        jw_mem(&w, body, len);
+        jw_put(&w, body, len);
     } else {
         const jnode_t *m = jget_t(err, "message", J_STR);
         char generic[64];
@@ -903,7 +590,8 @@ static int read_gemini(const jnode_t *root, answer_t *a, char *err, size_t errle
     for (const jnode_t *p = parts != NULL ? parts->first : NULL; p != NULL; p = p->next, i++) {
         const jnode_t *t = jget_t(p, "text", J_STR);
         const jnode_t *fc = jget_t(p, "functionCall", J_OBJ);
-        if (t != NULL && jget_t(p, "thought", J_TRUE) != NULL)
+        const jnode_t *thought = jget_t(p, "thought", J_BOOL);
+        if (t != NULL && thought != NULL && thought->b)
             continue; /* a thought summary, not answer text */
         if (t != NULL) {
             if (t->n > 0 && answer_add(a, &(blk_t){.kind = BLK_TEXT, .text = t->s, .text_len = t->n}) != 0)
@@ -947,7 +635,7 @@ static int write_args_object(jw_t *w, const blk_t *b, size_t i, char *err, size_
         return 0;
     }
     jdoc_t d;
-    jdoc_init(&d, 16 * b->args_text->n + 65536);
+    jdoc_init(&d);
     int r = jdoc_parse(&d, (const uint8_t *)b->args_text->s, b->args_text->n, NULL);
     if (r == 0 && d.root->type != J_OBJ)
         r = -EINVAL;
@@ -970,15 +658,7 @@ static void write_args_string(jw_t *w, const blk_t *b)
         jw_raw(w, "\"{}\"");
         return;
     }
-    wipe_buf_t tmp = WIPE_BUF_INIT(w->b->max);
-    jw_t inner;
-    jw_begin(&inner, &tmp);
-    jw_node(&inner, b->args);
-    if (inner.err != 0)
-        w->err = inner.err;
-    else
-        jw_strn(w, (const char *)tmp.data, tmp.len);
-    wipe_buf_free(&tmp);
+    jw_node_as_string(w, b->args);
 }
 
 static void write_tool_id(jw_t *w, const blk_t *b, uint64_t seed, unsigned k)
@@ -1150,7 +830,7 @@ int xlate_usage_of(xlate_format_t fmt, const uint8_t *body, size_t len, xlate_us
 {
     memset(usage, 0, sizeof(*usage));
     jdoc_t d;
-    jdoc_init(&d, 16 * len + 65536);
+    jdoc_init(&d);
     int r = jdoc_parse(&d, body, len, NULL);
     if (r == 0 && d.root->type == J_OBJ) {
         static const char *const keys[] = {"usage", "usage", "usageMetadata"};
@@ -1172,7 +852,7 @@ int xlate_response(xlate_format_t up, xlate_format_t client, const uint8_t *body
     if (strlen(model) > XLATE_RESP_MODEL_MAX)
         return fail(err, errlen, "the model name is too long");
     jdoc_t d;
-    jdoc_init(&d, 16 * len + 65536);
+    jdoc_init(&d);
     size_t at = 0;
     int r = jdoc_parse(&d, body, len, &at);
     if (r == -EINVAL) {
@@ -1190,7 +870,7 @@ int xlate_response(xlate_format_t up, xlate_format_t client, const uint8_t *body
     if (r == 0) {
         *usage = a.usage;
         if (up == client)
-            jw_mem(&w, body, len);
+            jw_put(&w, body, len);
         else
             r = write_answer(client, &a, model, id_seed, created_s, &w, err, errlen);
         if (r != 0 && w.err == 0)
@@ -1320,7 +1000,8 @@ static void ev_close(xlate_stream_t *s, jw_t *w)
 
 /* -- client writers -- */
 
-static void oa_chunk_open(xlate_stream_t *s, jw_t *w)
+/* An OpenAI chunk up to its "choices": the same in every chunk of a stream. */
+static void oa_chunk_head(xlate_stream_t *s, jw_t *w)
 {
     ev_open(s, w, NULL);
     jw_raw(w, "{\"id\":");
@@ -1329,6 +1010,11 @@ static void oa_chunk_open(xlate_stream_t *s, jw_t *w)
     jw_int(w, s->created);
     jw_raw(w, ",\"model\":");
     jw_str(w, s->model);
+}
+
+static void oa_chunk_open(xlate_stream_t *s, jw_t *w)
+{
+    oa_chunk_head(s, w);
     jw_raw(w, ",\"choices\":[{\"index\":0,\"delta\":");
 }
 
@@ -1450,7 +1136,7 @@ static void op_text(xlate_stream_t *s, jw_t *w, const char *t, size_t n)
 static int ge_flush_tool(xlate_stream_t *s, jw_t *w)
 {
     jdoc_t d;
-    jdoc_init(&d, 16 * s->tool_args.len + 65536);
+    jdoc_init(&d);
     int r = 0;
     if (s->tool_args.len > 0) {
         r = jdoc_parse(&d, s->tool_args.data, s->tool_args.len, NULL);
@@ -1611,13 +1297,7 @@ static int op_end(xlate_stream_t *s, jw_t *w)
         jw_raw(w, "{}");
         oa_chunk_close(s, w, fr);
         if (s->wants_usage) {
-            ev_open(s, w, NULL);
-            jw_raw(w, "{\"id\":");
-            jw_str(w, s->id);
-            jw_raw(w, ",\"object\":\"chat.completion.chunk\",\"created\":");
-            jw_int(w, s->created);
-            jw_raw(w, ",\"model\":");
-            jw_str(w, s->model);
+            oa_chunk_head(s, w);
             jw_raw(w, ",\"choices\":[],\"usage\":");
             usage_write(w, XLATE_OPENAI_CHAT, &s->usage);
             jw_raw(w, "}");
@@ -1875,12 +1555,12 @@ static int pass_event(xlate_stream_t *s, jw_t *w, const char *event, size_t even
     if (s->client == XLATE_GEMINI && s->gemini_array) {
         jw_raw(w, s->array_open ? ",\r\n" : "[");
         s->array_open = true;
-        jw_mem(w, data, len);
+        jw_put(w, data, len);
         return 0;
     }
     if (event != NULL && event_len > 0) {
         jw_raw(w, "event: ");
-        jw_mem(w, event, event_len);
+        jw_put(w, event, event_len);
         jw_raw(w, "\n");
     }
     const char *nl = s->client == XLATE_GEMINI ? "\r\n" : "\n";
@@ -1888,7 +1568,7 @@ static int pass_event(xlate_stream_t *s, jw_t *w, const char *event, size_t even
     for (size_t i = 0; i <= len; i++) {
         if (i == len || data[i] == '\n') {
             jw_raw(w, "data: ");
-            jw_mem(w, data + start, i - start);
+            jw_put(w, data + start, i - start);
             jw_raw(w, nl);
             start = i + 1;
         }
@@ -1935,7 +1615,7 @@ int xlate_stream_event(xlate_stream_t *s, const char *event, size_t event_len, c
     jw_begin(&w, out);
     bool done = s->up == XLATE_OPENAI_CHAT && len == 6 && memcmp(data, "[DONE]", 6) == 0;
     jdoc_t d;
-    jdoc_init(&d, 16 * len + 65536);
+    jdoc_init(&d);
     int r = 0;
     if (!done) {
         r = jdoc_parse(&d, data, len, NULL);

@@ -3,7 +3,7 @@
  * issue 5 item 2; requests are node/xlate_req.*).
  *
  * How it works: an upstream JSON document (a whole answer, or one stream event's data) is parsed
- * strictly (yajl SAX with wiping allocators, strictly valid UTF-8, nesting <= XLATE_RESP_MAX_DEPTH)
+ * strictly (node/jtree: yajl SAX with wiping allocators, yajl's UTF-8 check, nesting <= XLATE_RESP_MAX_DEPTH)
  * into a small tree in an arena that is wiped when freed. A whole answer becomes one intermediate
  * form (ordered text and tool-call blocks, finish reason, usage) that the client's writer turns
  * into its body. A stream event becomes a few operations (text piece, tool call start / argument
