@@ -236,6 +236,20 @@ def test_two_keys_of_one_provider_are_two_channels(node, mock):
     assert b["requests"] <= 6, b
 
 
+def anthropic_answer(r, stream):
+    """(text, usage) of an Anthropic-format answer, its event sequence or shape checked."""
+    if stream:
+        events = sse_events(r.text.splitlines())
+        types = [e["type"] for e in events]
+        assert types[0] == "message_start" and types[-1] == "message_stop", types
+        text = "".join(e["delta"].get("text", "") for e in events
+                       if e["type"] == "content_block_delta")
+        return text, [e["usage"] for e in events if e["type"] == "message_delta"][-1]
+    body = r.json()
+    assert body["type"] == "message" and body["role"] == "assistant", body
+    return "".join(b["text"] for b in body["content"] if b["type"] == "text"), body["usage"]
+
+
 def test_anthropic_529_goes_to_next_channel(node, mock):
     ch = Channels(node, mock, ["anthropic", "anthropic"])
     for stream in (False, True):
@@ -243,16 +257,7 @@ def test_anthropic_529_goes_to_next_channel(node, mock):
         before = ch.snapshot()
         r = anthropic_messages(node, ch, stream=stream)
         assert r.status_code == 200, r.text[:500]
-        if stream:
-            events = sse_events(r.text.splitlines())
-            assert events[0]["type"] == "message_start", events[:2]
-            assert events[-1]["type"] == "message_stop", events[-2:]
-            text = "".join(e["delta"].get("text", "") for e in events
-                           if e["type"] == "content_block_delta")
-        else:
-            body = r.json()
-            assert body["type"] == "message", body
-            text = "".join(b["text"] for b in body["content"] if b["type"] == "text")
+        text, _usage = anthropic_answer(r, stream)
         assert text == EXPECTED_TEXT
         served_by(node, r, ch, 1, before)
     a = ch.stats(0)
@@ -269,18 +274,7 @@ def test_anthropic_client_fails_over_across_provider_types(node, mock):
         before = ch.snapshot()
         r = anthropic_messages(node, ch, stream=stream)
         assert r.status_code == 200, r.text[:500]
-        if stream:
-            events = sse_events(r.text.splitlines())
-            types = [e["type"] for e in events]
-            assert types[0] == "message_start" and types[-1] == "message_stop", types
-            text = "".join(e["delta"].get("text", "") for e in events
-                           if e["type"] == "content_block_delta")
-            usage = [e["usage"] for e in events if e["type"] == "message_delta"][-1]
-        else:
-            body = r.json()
-            assert body["type"] == "message" and body["role"] == "assistant", body
-            text = "".join(b["text"] for b in body["content"] if b["type"] == "text")
-            usage = body["usage"]
+        text, usage = anthropic_answer(r, stream)
         assert text == EXPECTED_TEXT
         assert usage["output_tokens"] == 8, usage
         rec = served_by(node, r, ch, 1, before)
