@@ -10,23 +10,10 @@
 
 #include "node/xlate_req.h" /* xlate_format_t */
 
-/* OpenAI shape: {"error":{"message":..,"type":..,"param":null,"code":..}}. `code` is one
- * of the contract's codes (invalid_api_key, model_not_allowed, model_not_found,
+/* An error body in the shape of format fmt (DESIGN.md's table). `code` is one of the
+ * contract's (OpenAI) codes: invalid_api_key, model_not_allowed, model_not_found,
  * invalid_request, request_too_large, rate_limit_exceeded, insufficient_quota,
- * upstream_error, upstream_timeout, not_found, method_not_allowed, ...). Returns the
- * number of bytes written to buf (truncated JSON is never produced: the message is cut
- * first). */
-size_t errors_openai_body(char *buf, size_t cap, const char *code, const char *message);
-
-/* The OpenAI `type` that goes with a code. */
-const char *errors_openai_type(const char *code);
-
-/* Sends a complete error response: status, content-type, x-request-id (when given) and
- * the OpenAI-shaped body. */
-void errors_openai_send(h2o_req_t *req, int status, const char *code, const char *message, const char *request_id);
-
-/* The same error in the shape of format fmt (DESIGN.md's table), code being one of the
- * contract's OpenAI codes above:
+ * upstream_error, upstream_timeout, not_found, method_not_allowed, unavailable.
  *   OpenAI     {"error":{"message","type","param":null,"code"}}
  *   Anthropic  {"type":"error","error":{"type","message"}}: invalid_api_key ->
  *              authentication_error, model_not_allowed -> permission_error, model_not_found /
@@ -36,10 +23,12 @@ void errors_openai_send(h2o_req_t *req, int status, const char *code, const char
  *   Gemini     {"error":{"code":status,"message","status"}}: UNAUTHENTICATED,
  *              PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
  *              UNAVAILABLE, DEADLINE_EXCEEDED.
- * Same truncation rule as errors_openai_body. */
+ * Returns the number of bytes written to buf (truncated JSON is never produced: the message
+ * is cut first). */
 size_t errors_body(xlate_format_t fmt, char *buf, size_t cap, int status, const char *code, const char *message);
 
-/* errors_openai_send in the shape of fmt; Anthropic answers also carry `request-id`. */
+/* Sends a complete error response: status, content-type, x-request-id (when given; Anthropic
+ * answers also `request-id`) and the body of errors_body. */
 void errors_send(h2o_req_t *req, xlate_format_t fmt, int status, const char *code, const char *message,
                  const char *request_id);
 

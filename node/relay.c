@@ -408,6 +408,13 @@ static void add_anthropic_ratelimit_headers(h2o_req_t *req, const quota_decision
 
 static void add_ratelimit_headers_fmt(worker_t *w, h2o_req_t *req, xlate_format_t fmt, const quota_decision_t *d);
 
+static void add_retry_after(h2o_req_t *req, uint64_t seconds)
+{
+    char v[24];
+    size_t n = (size_t)snprintf(v, sizeof(v), "%llu", (unsigned long long)seconds);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, h2o_strdup(&req->pool, v, n).base, n);
+}
+
 static void add_ratelimit_headers(h2o_req_t *req, const quota_decision_t *d)
 {
     bool has_req = d->limit_requests >= 0, has_tok = d->limit_tokens >= 0;
@@ -919,14 +926,19 @@ static void start_response(relay_t *r, const char *content_type, size_t ct_len)
     h2o_start_response(req, &r->generator);
 }
 
+static void record_channel(relay_t *r, channels_outcome_t o)
+{
+    const channels_candidate_t *c = &r->cands[r->cur];
+    channels_record(r->worker->channels, c->provider, c->key_index, r->ticket, o, uv_now(&r->worker->loop));
+}
+
 /* The verdict of the current attempt for its channel's breaker (once per attempt). */
 static void record_verdict(relay_t *r, channels_outcome_t o)
 {
     if (!r->verdict_due)
         return;
     r->verdict_due = false;
-    const channels_candidate_t *c = &r->cands[r->cur];
-    channels_record(r->worker->channels, c->provider, c->key_index, r->ticket, o, uv_now(&r->worker->loop));
+    record_channel(r, o);
 }
 
 static void queue_start(relay_t *r);
@@ -1126,6 +1138,24 @@ static bool on_upstream_writable(void *data)
     return true;
 }
 
+/* Body bytes of a non-SSE answer for the client. In a cluster the body's last byte waits
+ * (in tail) with its end for the settle: h2o ends a stream by itself once content-length
+ * bytes went out. */
+static int put_body(relay_t *r, const uint8_t *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (!holds_end(r))
+        return wipe_buf_append(&r->pending, buf, len);
+    int err = wipe_buf_append(&r->pending, r->tail.data, r->tail.len);
+    wipe_buf_reset(&r->tail);
+    if (err == 0)
+        err = wipe_buf_append(&r->pending, buf, len - 1);
+    if (err == 0)
+        err = wipe_buf_append(&r->tail, buf + len - 1, 1);
+    return err;
+}
+
 /* Appends body bytes to out up to limit; false when they did not fit. */
 static bool gather(wipe_buf_t *out, const uint8_t *buf, size_t len, size_t limit)
 {
@@ -1154,18 +1184,8 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
         if (r->scan != NULL)
             usage_scan_feed(r->scan, buf, len);
         r->output_bytes += len;
-        if (r->req != NULL && len > 0 && holds_end(r)) {
-            /* In a cluster the body's last byte waits with its end for the settle: h2o ends a
-             * stream by itself once content-length bytes went out. */
-            err = wipe_buf_append(&r->pending, r->tail.data, r->tail.len);
-            wipe_buf_reset(&r->tail);
-            if (err == 0)
-                err = wipe_buf_append(&r->pending, buf, len - 1);
-            if (err == 0)
-                err = wipe_buf_append(&r->tail, buf + len - 1, 1);
-        } else if (r->req != NULL) {
-            err = wipe_buf_append(&r->pending, buf, len);
-        }
+        if (r->req != NULL)
+            err = put_body(r, buf, len);
     }
     queue_flush(r);
     r->in_upstream_cb = false;
@@ -1183,16 +1203,8 @@ static int on_upstream_body(void *data, const uint8_t *buf, size_t len)
  * pending so that a cluster's hold of the last byte applies. */
 static void send_whole(relay_t *r, const uint8_t *body, size_t len)
 {
-    r->sse = false;
     start_response(r, H2O_STRLIT("application/json"));
-    int err = 0;
-    if (len > 0 && holds_end(r) && r->admitted) {
-        err = wipe_buf_append(&r->pending, body, len - 1);
-        if (err == 0)
-            err = wipe_buf_append(&r->tail, body + len - 1, 1);
-    } else if (len > 0) {
-        err = wipe_buf_append(&r->pending, body, len);
-    }
+    int err = put_body(r, body, len);
     if (err != 0)
         r->error = err;
 }
@@ -1201,7 +1213,7 @@ static void send_whole(relay_t *r, const uint8_t *body, size_t len)
  * (a client or quota error: not retried) in the client's shape, or after retryable failures
  * the relay's own 502 (504 when the last one was a timeout; 503 when every breaker held its
  * channel before any attempt). */
-static void answer_failure(relay_t *r, int pick)
+static void answer_failure(relay_t *r, int pick, uint64_t retry_after_ms)
 {
     if (r->err_body && r->last_final) {
         /* an upstream error answer: its status kept, its body in the client's shape */
@@ -1223,6 +1235,7 @@ static void answer_failure(relay_t *r, int pick)
         send_error(r->req, r->cfmt, r->request_id, 400, "invalid_request", r->refusal);
     } else if (r->attempts == 0 && pick == -EAGAIN) {
         r->status = 503;
+        add_retry_after(r->req, (retry_after_ms + 999) / 1000);
         send_error(r->req, r->cfmt, r->request_id, 503, "upstream_error",
                    "Every upstream channel of this model is failing; retry later.");
     } else if (r->attempts == 0) {
@@ -1260,7 +1273,7 @@ static void on_upstream_done(void *data, int error)
         if (retry_attempt(r, timeout ? CHANNELS_OUTCOME_TIMEOUT : CHANNELS_OUTCOME_CONNECT_FAILED))
             return;
         r->error = 0;
-        answer_failure(r, 0);
+        answer_failure(r, 0, 0);
     } else if (!r->got_first_byte) {
         record_verdict(r, CHANNELS_OUTCOME_CANCELLED);
         r->status = 499; /* the client left before the upstream answered */
@@ -1272,14 +1285,10 @@ static void on_upstream_done(void *data, int error)
             return;
         r->error = 0;
         if (r->req != NULL)
-            answer_failure(r, 0);
+            answer_failure(r, 0, 0);
     } else {
-        if (error != 0 && !(error == -ECANCELED && r->req == NULL)) {
-            /* after its SUCCESS verdict, the channel's body broke: counted once more */
-            const channels_candidate_t *c = &r->cands[r->cur];
-            channels_record(r->worker->channels, c->provider, c->key_index, r->ticket, CHANNELS_OUTCOME_BROKEN,
-                            uv_now(&r->worker->loop));
-        }
+        if (error != 0 && !(error == -ECANCELED && r->req == NULL))
+            record_channel(r, CHANNELS_OUTCOME_BROKEN); /* after its SUCCESS verdict, the body broke */
         if (error == -ECANCELED && r->req == NULL && r->usage.found)
             r->error = 0; /* stopped reading on purpose once the usage was known */
         if (r->translated && r->sse && r->xs != NULL) {
@@ -1783,12 +1792,8 @@ static void refuse_quota(relay_t *r, const quota_decision_t *d)
     uint64_t retry_s = (d->retry_after_ms + 999) / 1000;
     if (d->reason == QUOTA_REASON_RESERVED && retry_s == 0)
         retry_s = 1;
-    if (retry_s > 0 && d->kind != QUOTA_BUDGET_EXHAUSTED) {
-        char v[24];
-        size_t n = (size_t)snprintf(v, sizeof(v), "%llu", (unsigned long long)retry_s);
-        h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                       h2o_strdup(&r->req->pool, v, n).base, n);
-    }
+    if (retry_s > 0 && d->kind != QUOTA_BUDGET_EXHAUSTED)
+        add_retry_after(r->req, retry_s);
     add_ratelimit_headers_fmt(r->worker, r->req, r->cfmt, d);
     const char *msg = d->kind == QUOTA_BUDGET_EXHAUSTED
                           ? "You exceeded your current quota: this key's budget is spent."
@@ -1841,13 +1846,7 @@ static void begin_upstream(relay_t *r)
         int c = channels_pick(w->channels, r->cands, r->n_cands, r->tried, r->n_tried, now, &r->rng, &r->ticket,
                               &retry_after);
         if (c < 0) {
-            if (c == -EAGAIN && r->attempts == 0 && !r->err_body) {
-                char v[24];
-                size_t n = (size_t)snprintf(v, sizeof(v), "%llu", (unsigned long long)((retry_after + 999) / 1000));
-                h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                               h2o_strdup(&r->req->pool, v, n).base, n);
-            }
-            answer_failure(r, c);
+            answer_failure(r, c, retry_after);
             relay_upstream_over(r);
             flush(r);
             return;
@@ -1864,9 +1863,7 @@ static void begin_upstream(relay_t *r)
             r->refused_field = true;
             if (r->attempts == 0)
                 continue;
-            r->status = 400;
-            r->err_body = false;
-            answer_failure(r, -ENOENT);
+            answer_failure(r, -ENOENT, 0);
             relay_upstream_over(r);
             flush(r);
             return;
@@ -1875,8 +1872,6 @@ static void begin_upstream(relay_t *r)
             if (r->attempts == 0)
                 r->first_attempt_ms = now;
             r->attempts++;
-            r->err_body = false;
-            wipe_buf_reset(&r->whole);
             ret = start_upstream(r);
         }
         if (ret != 0) {
