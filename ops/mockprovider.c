@@ -75,6 +75,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -820,6 +821,34 @@ static void parse_directive_word(struct mock_overrides *o, char *item)
     }
 }
 
+/* The numeric overrides by name: a directive's `name=N` (or its alias), and the first six
+ * for all requests through POST /mock/config (there the name is tried before the alias). */
+#define MOCK_FIELD(name, alias, f, has_f, config) \
+    {name, alias, offsetof(struct mock_overrides, f), offsetof(struct mock_overrides, has_f), config}
+static const struct mock_field {
+    const char *name, *alias;
+    size_t val, has;
+    bool config;
+} mock_fields[] = {
+    MOCK_FIELD("chunks", NULL, chunks, has_chunks, true),
+    MOCK_FIELD("chunk_delay_ms", "delay_ms", delay_ms, has_delay, true),
+    MOCK_FIELD("first_byte_delay_ms", NULL, first_byte_delay_ms, has_first_byte_delay, true),
+    MOCK_FIELD("status", NULL, status, has_status, true),
+    MOCK_FIELD("cut_after", NULL, cut_after, has_cut_after, true),
+    MOCK_FIELD("usage", NULL, usage, has_usage, true),
+    MOCK_FIELD("thoughts", NULL, thoughts, has_thoughts, false),
+    MOCK_FIELD("cached", NULL, cached, has_cached, false),
+    MOCK_FIELD("quota", NULL, quota, has_quota, false),
+    MOCK_FIELD("refuse", NULL, refuse, has_refuse, false),
+};
+#undef MOCK_FIELD
+
+static void set_field(struct mock_overrides *o, const struct mock_field *f, long v)
+{
+    *(int *)((char *)o + f->has) = 1;
+    *(long *)((char *)o + f->val) = v;
+}
+
 static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
 {
     /* s points just after "[[mock:"; the directive ends at "]]" (bounded to 256 bytes) */
@@ -859,36 +888,12 @@ static void parse_directive(struct mock_overrides *o, const char *s, size_t n)
         long v = strtol(eq + 1, &vend, 10);
         if (vend == eq + 1)
             continue;
-        if (strcmp(item, "chunks") == 0) {
-            o->has_chunks = 1;
-            o->chunks = v;
-        } else if (strcmp(item, "delay_ms") == 0 || strcmp(item, "chunk_delay_ms") == 0) {
-            o->has_delay = 1;
-            o->delay_ms = v;
-        } else if (strcmp(item, "first_byte_delay_ms") == 0) {
-            o->has_first_byte_delay = 1;
-            o->first_byte_delay_ms = v;
-        } else if (strcmp(item, "status") == 0) {
-            o->has_status = 1;
-            o->status = v;
-        } else if (strcmp(item, "cut_after") == 0) {
-            o->has_cut_after = 1;
-            o->cut_after = v;
-        } else if (strcmp(item, "usage") == 0) {
-            o->has_usage = 1;
-            o->usage = v;
-        } else if (strcmp(item, "thoughts") == 0) {
-            o->has_thoughts = 1;
-            o->thoughts = v;
-        } else if (strcmp(item, "cached") == 0) {
-            o->has_cached = 1;
-            o->cached = v;
-        } else if (strcmp(item, "quota") == 0) {
-            o->has_quota = 1;
-            o->quota = v;
-        } else if (strcmp(item, "refuse") == 0) {
-            o->has_refuse = 1;
-            o->refuse = v;
+        for (size_t i = 0; i < sizeof(mock_fields) / sizeof(mock_fields[0]); i++) {
+            const struct mock_field *f = &mock_fields[i];
+            if (strcmp(item, f->name) == 0 || (f->alias != NULL && strcmp(item, f->alias) == 0)) {
+                set_field(o, f, v);
+                break;
+            }
         }
     }
 }
@@ -2476,22 +2481,17 @@ static int parse_config(struct mock_server *srv, h2o_req_t *req)
             yajl_tree_free(root);
             return -EINVAL;
         }
-        static const char *names[] = {"chunks", "chunk_delay_ms", "first_byte_delay_ms",
-                                      "status", "cut_after",      "usage"};
-        int *has[] = {&o.has_chunks, &o.has_delay,     &o.has_first_byte_delay,
-                      &o.has_status, &o.has_cut_after, &o.has_usage};
-        long *val[] = {&o.chunks, &o.delay_ms, &o.first_byte_delay_ms, &o.status, &o.cut_after, &o.usage};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-            yajl_val v = obj_get(root, names[i]);
-            if (v == NULL && i == 1)
-                v = obj_get(root, "delay_ms");
-            if (YAJL_IS_INTEGER(v)) {
-                *has[i] = 1;
-                *val[i] = (long)YAJL_GET_INTEGER(v);
-            } else if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v)) {
-                *has[i] = 1;
-                *val[i] = YAJL_IS_TRUE(v);
-            }
+        for (size_t i = 0; i < sizeof(mock_fields) / sizeof(mock_fields[0]); i++) {
+            const struct mock_field *f = &mock_fields[i];
+            if (!f->config)
+                continue;
+            yajl_val v = obj_get(root, f->name);
+            if (v == NULL && f->alias != NULL)
+                v = obj_get(root, f->alias);
+            if (YAJL_IS_INTEGER(v))
+                set_field(&o, f, (long)YAJL_GET_INTEGER(v));
+            else if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
+                set_field(&o, f, YAJL_IS_TRUE(v));
         }
         yajl_tree_free(root);
     }
